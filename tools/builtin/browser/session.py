@@ -14,12 +14,13 @@ How a page is opened, and why:
    fonts, stylesheets and frames are not loaded; later navigations (a script or meta refresh
    leaving the page) are refused.
 3. Nothing waits on subresources: after DOMContentLoaded the page gets a short, bounded
-   settle window (quiet network and DOM; requests stalled for a second are not waited for),
-   then the rendered DOM is read. If scripts never let the page finish (an endless loop, an
-   `alert()` loop), or leave it, the text comes from the HTML as served, with a note saying
-   so. Dialogs are dismissed (Playwright's default), pop-ups closed. Tabs that rendered
-   cleanly are reused (readied in the background, after the page is returned); the others
-   are closed.
+   settle window, waited for inside the page in one call: nothing pending (fetch, XHR, a
+   script loading, a short timer, the load event; anything older than a second is taken as
+   stalled) and no DOM change for 50 ms. Then the DOM is read in the same call, without its
+   scripts and styles. If scripts never let the page finish (an endless loop, an `alert()`
+   loop), or leave it, the text comes from the HTML as served, with a note saying so.
+   Dialogs are dismissed (Playwright's default), pop-ups closed. Tabs that rendered cleanly
+   are reused (readied in the background, after the page is returned); the others are closed.
 4. The text is extracted after the render, never during it (a parsing thread would hold the
    GIL the route handlers wait on), and the served HTML only when it could change the answer.
 
@@ -48,8 +49,9 @@ __all__ = ["BrowserSession", "find_chromium", "CHROMIUM_ARGS"]
 
 log = logging.getLogger(__name__)
 
-QUIET = 0.1  # seconds without network or DOM activity that count as "settled"
-STALLED = 1.0  # a request in flight longer than this is not waited for
+QUIET = 0.05  # seconds without DOM change or network activity (nothing pending) that count as "settled"
+STALLED = 1.0  # a request or script in flight longer than this is not waited for
+SHORT_TIMER = 0.25  # a setTimeout this short, scheduled by the page's own work, is waited for
 
 # Without these, Chromium on a closed network keeps retrying its own background services.
 CHROMIUM_ARGS = [
@@ -62,14 +64,92 @@ SYSTEM_CHROMIUM = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/
 # Sub-requests that never carry a page's text, refused whatever `block` says.
 _NEVER_TEXT = frozenset({"ping", "manifest", "texttrack", "beacon", "csp_report", "cspviolationreport"})
 
-# Records when the DOM last changed, so the settle wait can tell a page that is still rendering.
-_MUTATION_WATCH = """
+# Installed in every document before its scripts run: records the page's last activity (DOM
+# change, fetch/XHR or script load starting or ending, a short timer firing) and what is still
+# pending, so the settle wait runs inside the page in one call instead of being polled from
+# Python. A short timer is waited for only the first two times its callback (by source text) is
+# scheduled: pages poll with setTimeout (font loaders, retries, agents), and a loop is not content.
+_ACTIVITY_WATCH = """
 (() => {
-  window.__glmLastChange = performance.now();
-  const watch = () => new MutationObserver(() => { window.__glmLastChange = performance.now(); })
-      .observe(document, {subtree: true, childList: true, characterData: true});
-  if (document) watch();
+  if (window.__glmActivity) return;
+  const now = () => performance.now();
+  const a = window.__glmActivity = {last: now(), pending: new Map(), next: 0,
+                                    setTimeout: window.setTimeout.bind(window)};
+  const touch = () => { a.last = now(); };
+  const begin = () => { const id = ++a.next; a.pending.set(id, now()); a.last = now(); return id; };
+  const end = (id) => { if (a.pending.delete(id)) a.last = now(); };
+  const JS = /^(|module|text\\/javascript|application\\/javascript|text\\/ecmascript|application\\/ecmascript)$/i;
+  const script = (node) => {
+    if (node.nodeName !== 'SCRIPT' || !node.src || node.noModule || node.__glmSeen || !JS.test(node.type.trim())) return;
+    node.__glmSeen = true;
+    const id = begin(), done = () => end(id);
+    node.addEventListener('load', done);
+    node.addEventListener('error', done);
+  };
+  new MutationObserver((records) => {
+    touch();
+    for (const r of records) for (const n of r.addedNodes) script(n);
+  }).observe(document, {subtree: true, childList: true, characterData: true});
+  const fetch = window.fetch;
+  if (fetch) window.fetch = function (...args) {
+    const id = begin();
+    try {
+      const p = fetch.apply(this, args);
+      p.then(() => end(id), () => end(id));
+      return p;
+    } catch (e) { end(id); throw e; }
+  };
+  const send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.send = function (...args) {
+    const id = begin();
+    this.addEventListener('loadend', () => end(id));
+    try { return send.apply(this, args); } catch (e) { end(id); throw e; }
+  };
+  const set = window.setTimeout, clear = window.clearTimeout, timers = new Map(), seen = new Map();
+  window.setTimeout = function (fn, delay, ...args) {
+    const ms = Number(delay) || 0;
+    if (typeof fn !== 'function' || ms > %(short)d || timers.size >= 50) return set(fn, delay, ...args);
+    const key = String(fn), times = seen.get(key) || 0;  // the same callback again: a polling loop
+    if (times >= 2) return set(fn, delay, ...args);
+    seen.set(key, times + 1);
+    const id = begin();
+    const handle = set(function () {
+      timers.delete(handle);
+      end(id);
+      return fn.apply(this, args);
+    }, delay);
+    timers.set(handle, id);
+    return handle;
+  };
+  const forget = (handle) => { const id = timers.get(handle); if (id !== undefined) { timers.delete(handle); end(id); } };
+  window.clearTimeout = function (handle) { forget(handle); return clear(handle); };
+  const clearInterval = window.clearInterval;
+  window.clearInterval = function (handle) { forget(handle); return clearInterval(handle); };
 })();
+""" % {"short": int(SHORT_TIMER * 1000)}
+
+# Waits, inside the page, until nothing is pending (younger than `stalled` ms) and nothing
+# happened for `quiet` ms, or `cap` ms passed; then reads the DOM once. Scripts, styles and
+# other markup that carry no text are dropped before serialising (the page is done with:
+# the tab leaves it next), which halves what crosses to Python and what lxml parses.
+_SETTLE_AND_READ = """
+async ([quiet, stalled, cap]) => {
+  const a = window.__glmActivity, start = performance.now();
+  if (a) {
+    for (;;) {
+      const t = performance.now();
+      let busy = document.readyState !== 'complete' && t < stalled;  // the load event, from navigation start
+      for (const since of a.pending.values()) if (t - since < stalled) { busy = true; break; }
+      if ((!busy && t - a.last >= quiet) || t - start >= cap) break;
+      await new Promise((resolve) => a.setTimeout(resolve, 10));
+    }
+  }
+  const root = document.documentElement;
+  if (!root) return ['', document.title];
+  for (const e of root.querySelectorAll(
+      'script:not([type="application/ld+json"]), style, link, svg, iframe, template')) e.remove();
+  return [root.outerHTML, document.title];
+}
 """
 
 
@@ -205,7 +285,7 @@ class BrowserSession:
                 accept_downloads=False, service_workers="block", user_agent=USER_AGENT,
                 viewport={"width": 1280, "height": 900}, java_script_enabled=True,
             )
-            await self._context.add_init_script(_MUTATION_WATCH)
+            await self._context.add_init_script(_ACTIVITY_WATCH)
             self.launch_seconds = time.perf_counter() - started
             return self._context
 
@@ -262,9 +342,6 @@ class BrowserSession:
         page = await self._context.new_page()
         tab = _Tab(page)
         page.on("popup", lambda p: asyncio.ensure_future(_quietly(p.close())))
-        page.on("request", tab.started)
-        page.on("requestfinished", tab.ended)
-        page.on("requestfailed", tab.ended)
         await page.route("**/*", lambda route: self._route(route, tab))
         return tab
 
@@ -290,16 +367,16 @@ class BrowserSession:
         try:
             left = lambda: max(0.05, deadline - time.monotonic())  # noqa: E731
             await page.goto(doc.url, wait_until="domcontentloaded", timeout=left() * 1000)
-            await self._settle(page, tab, min(deadline, time.monotonic() + self.settle_timeout))
+            html, title = await self._settle_and_read(page, deadline)
+            if tab.navigations:
+                raise _Navigated()
+            clean = True
+            return html, title, ""
+        except (asyncio.TimeoutError, PlaywrightError, _Navigated) as e:
             if tab.navigations:
                 # Refusing a navigation leaves Chromium's error page in the tab, not the page.
                 return None, None, (f"the page tried to navigate to {tab.navigations[0]}; "
                                     "its text was taken from the HTML as served")
-            html = await asyncio.wait_for(page.content(), left())
-            title = await asyncio.wait_for(page.title(), left())
-            clean = True
-            return html, title, ""
-        except (asyncio.TimeoutError, PlaywrightError) as e:
             log.debug("render of %s stopped: %s", doc.url, e)
             reason = "did not finish loading in time" if _is_timeout(e) else f"failed to render ({_first_line(e)})"
             return None, None, f"the page {reason}; its text was taken from the HTML as served"
@@ -309,22 +386,19 @@ class BrowserSession:
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
 
-    async def _settle(self, page, state: "_Tab", until: float) -> None:
-        """Wait, at most until `until`, for the network and the DOM to go quiet.
+    async def _settle_and_read(self, page, deadline: float) -> tuple[str, str]:
+        """Wait, at most `settle_timeout`, for the page to go quiet, then read its DOM and title.
 
-        Quiet means: no request started or ended and no DOM change for `QUIET` seconds, with
-        no request younger than `STALLED` still in flight. Older ones are taken as stalled
-        third-party resources, which a reader never waits for (nor does the load event here).
+        Quiet means nothing pending (a fetch, an XHR, a script loading, a short timer, the load
+        event) that started less than `STALLED` ago, and no activity for `QUIET` seconds; older
+        requests are taken as stalled third-party resources, which a reader never waits for.
+        The wait runs in the page (one call, no polling across processes); a page whose
+        scripts never yield cannot answer, and the Python-side timeout ends it.
         """
-        while time.monotonic() < until:
-            now = time.monotonic()
-            if now - state.last_activity >= QUIET and not state.pending(now - STALLED):
-                since_change = await asyncio.wait_for(
-                    page.evaluate("performance.now() - (window.__glmLastChange || 0)"),
-                    max(0.05, until - time.monotonic()))
-                if since_change >= QUIET * 1000:
-                    return
-            await asyncio.sleep(0.025)
+        cap = max(0.0, min(self.settle_timeout, deadline - time.monotonic()))
+        limit = max(0.05, min(deadline - time.monotonic(), cap + 1.0))  # the extra second: serialising
+        return tuple(await asyncio.wait_for(
+            page.evaluate(_SETTLE_AND_READ, [QUIET * 1000, STALLED * 1000, cap * 1000]), limit))
 
     async def _allowed(self, url: str) -> bool:
         """May the page fetch this sub-resource? Every address must pass the policy.
@@ -385,8 +459,8 @@ class _HostCache:
 
 
 class _Tab:
-    """A browser tab and what its handlers observe for the page it shows now: requests in
-    flight, navigations refused. `load(doc)` readies it for the next page."""
+    """A browser tab and what its route handler observed for the page it shows now: whether
+    the document was served, navigations refused. `load(doc)` readies it for the next page."""
 
     def __init__(self, page) -> None:
         self.page = page
@@ -395,21 +469,12 @@ class _Tab:
 
     def load(self, doc: Document | None) -> None:
         self.doc = doc
-        self.inflight: dict[object, float] = {}  # request -> when it started
-        self.last_activity = time.monotonic()
         self.served = False
         self.navigations: list[str] = []
 
-    def started(self, request) -> None:
-        self.last_activity = self.inflight[request] = time.monotonic()
 
-    def ended(self, request) -> None:
-        self.inflight.pop(request, None)
-        self.last_activity = time.monotonic()
-
-    def pending(self, since: float) -> bool:
-        """Is a request that started after `since` still in flight?"""
-        return any(t > since for t in self.inflight.values())
+class _Navigated(Exception):
+    """The page tried to leave for another URL (refused); its DOM is not the page's any more."""
 
 
 async def _quietly(awaitable) -> None:
