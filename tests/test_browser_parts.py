@@ -17,7 +17,8 @@ from glm_runtime.browser_commands import BrowserCommand, BrowserCommandError, pa
 from tools.base import ToolContext
 from tools.builtin.browser import BrowserTool, BrowseError, Page, UrlPolicy, make_search_backend
 from tools.builtin.browser.citations import Sources, resolve_citations
-from tools.builtin.browser.extraction import extract_html, extract_pdf, read_rendered
+from tools.builtin.browser import extraction
+from tools.builtin.browser.extraction import extract_html, extract_pdf, read_page, read_rendered
 from tools.builtin.browser.fetcher import fetch
 from tools.builtin.browser.scoring import score_page, summarize, tokens
 from tools.builtin.browser.search import BraveSearch, DuckDuckGoSearch, SearxngSearch
@@ -339,6 +340,22 @@ def test_rendered_text_is_used_unless_scripts_destroyed_the_page():
     wiped = "<html><body><h2>This page is not available right now</h2></body></html>"
     ex, note = read_rendered(wiped, served, "http://news.example/story")
     assert "A sentence of the story" in ex.text and "scripts replaced" in note
+
+
+def test_read_page_extracts_the_served_html_only_when_it_could_decide(monkeypatch):
+    # A served page whose menus and footer outweigh its article: those never count towards
+    # the main text, so the rendered article alone decides and the served one is not extracted.
+    menus = "<nav>" + "<a href='/s'>Section link</a> " * 200 + "</nav><footer>" + "Legal words here. " * 100 + "</footer>"
+    served_html = ARTICLE.replace(b"<footer>Copyright</footer>", menus.encode())
+    calls = []
+    real = extraction.extract_html
+    monkeypatch.setattr(extraction, "extract_html", lambda html, *a, **k: calls.append(html) or real(html, *a, **k))
+    ex, note = read_page(ARTICLE.decode(), served_html, "http://news.example/story")
+    assert "A sentence of the story" in ex.text and note == "" and len(calls) == 1
+    calls.clear()
+    ex, note = read_page("<html><body><h2>This page is not available</h2></body></html>", served_html,
+                         "http://news.example/story")
+    assert "A sentence of the story" in ex.text and "scripts replaced" in note and len(calls) == 2
 
 
 def test_long_pages_split_at_breaks_and_lose_nothing():

@@ -134,16 +134,23 @@ def read_rendered(rendered: str | None, served: Extracted, url: str = "", title:
 
 
 def _words_at_most(html: str | bytes) -> int:
-    """An upper bound on the words `extract_html(html)` can return: every word of the document
-    outside scripts and styles (the main text is a part of it). A tenth of an extraction's cost."""
+    """About the most words `extract_html(html)` can return: every word of the document outside
+    the elements trafilatura always deletes before looking for the main text (scripts, styles,
+    navigation, asides, footers, forms' controls...). A tenth of an extraction's cost.
+
+    A heuristic bound, not a proof (trafilatura's last-resort baseline reads the raw tree); on
+    the 181 article fixtures it makes the same decisions as extracting both texts every time.
+    """
+    from lxml import etree
     from lxml import html as lxml_html
+    from trafilatura.settings import MANUALLY_CLEANED
 
     try:
         doc = lxml_html.fromstring(html)
     except (ValueError, TypeError, SyntaxError):  # empty or odd documents: no bound, extract
         return 1 << 30
-    for code in doc.xpath("//script|//style"):
-        code.drop_tree()
+    # Forms are judged by their content and figures holding tables are kept: not counted out.
+    etree.strip_elements(doc, *(t for t in MANUALLY_CLEANED if t not in ("form", "figure")), with_tail=False)
     return len(_WORD.findall(doc.text_content()))
 
 
