@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -475,10 +475,14 @@ def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:
 # ---- saving a quantized copy ----
 
 def save_quantized(ckpt: Checkpoint, dest: str | os.PathLike, quant: QuantConfig,
-                   progress: Callable[[int, int], None] | None = None) -> Path:
+                   progress: Callable[[int, int], None] | None = None, *,
+                   tensors: Iterable[tuple[str, torch.Tensor]] | None = None) -> Path:
     """Write `ckpt` quantized to `dest` (transformers layout, scheme in config.json and safetensors metadata).
 
     Reads one tensor at a time; memory peaks at one float32 tensor plus one output shard.
+    `tensors` stands in for reading `ckpt`'s files: (name, tensor) pairs in transformers' names, made
+    on the fly (`glm_runtime.testing.build_random_quantized_checkpoint` writes a 9B-shaped checkpoint
+    this way without ever holding, or storing, its float weights).
 
         >>> save_quantized(open_checkpoint("glm-4-9b-chat"), "glm-4-9b-chat-int4", QuantConfig(bits=4))  # doctest: +SKIP
     """
@@ -513,7 +517,7 @@ def save_quantized(ckpt: Checkpoint, dest: str | os.PathLike, quant: QuantConfig
     expected = {n: tuple(p.shape) for n, p in shell.named_parameters()}
     seen: set[str] = set()
     try:
-        for done, (name, t) in enumerate(iter_tensors(ckpt), start=1):
+        for done, (name, t) in enumerate(iter_tensors(ckpt) if tensors is None else tensors, start=1):
             _check_expected(name, t, expected)
             seen.add(name)
             shard_bytes += _quantize_into(shard, name, t, targets, quant)

@@ -118,7 +118,12 @@ class Int8Linear(nn.Module):
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
-        self.register_buffer("qweight", qweight.to(torch.int8).contiguous())
+        qweight = qweight.to(torch.int8).contiguous()
+        if qweight.data_ptr() % 64:
+            # torch's int8 kernel crashes (SIGSEGV) on multi-row inputs when the weight is not 16-byte
+            # aligned, as a tensor memory-mapped from a safetensors file may be (8-byte alignment).
+            qweight = qweight.clone()  # torch's allocator aligns to 64 bytes
+        self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales.to(dtype).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 

@@ -22,14 +22,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GLM4_EOS_IDS", "GLM4_VOCAB", "ForcedTokens", "build_random_checkpoint", "forced_text"]
+__all__ = [
+    "GLM4_EOS_IDS", "GLM4_VOCAB", "ForcedTokens", "build_random_checkpoint", "build_random_quantized_checkpoint",
+    "forced_text",
+]
 
 GLM4_VOCAB = 151552
 GLM4_EOS_IDS = (151329, 151336, 151338)  # <|endoftext|>, <|user|>, <|observation|>
@@ -84,17 +87,92 @@ def build_random_checkpoint(
     torch_dtype = getattr(torch, dtype)
     weights = {k: v.to(torch_dtype).contiguous() for k, v in weights.items()}
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    _write_side_files(path, format, shape, dtype, tokenizer_dir)
+    return path
 
+
+def build_random_quantized_checkpoint(
+    path: str | os.PathLike,
+    *,
+    bits: int = 4,
+    group_size: int = 128,
+    format: Literal["glm", "glm4"] = "glm",
+    tokenizer_dir: str | os.PathLike | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vocab_size: int = GLM4_VOCAB,
+    rope_theta: float = 5_000_000.0,
+    eos_ids: Sequence[int] = GLM4_EOS_IDS,
+    seed: int = 0,
+    dtype: str = "bfloat16",
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a quantized checkpoint of seeded random weights, as `glm-agent model quantize` would.
+
+    The network is the one `build_random_checkpoint` writes with the same arguments (stored in
+    `dtype`); here each float tensor is drawn, rounded to `dtype` and handed straight to
+    `checkpoint.save_quantized` (the writer and quantizer of `glm-agent model quantize`), so the
+    float weights never exist whole, in memory or on disk: GLM-4-9B's shape (18.8 GB in bf16)
+    costs one tensor in float32 plus one 2 GiB output shard. `progress(done, total)` as tensors go.
+
+        >>> build_random_quantized_checkpoint("/tmp/q9b", hidden_size=4096, num_layers=40, num_heads=32,
+        ...     intermediate_size=13696)                               # doctest: +SKIP
+        PosixPath('/tmp/q9b')
+    """
+    import tempfile
+
+    import torch
+
+    from glm_runtime.checkpoint import Checkpoint, _hf_config, save_quantized
+    from glm_runtime.quant import QuantConfig
+
+    if format not in ("glm", "glm4"):
+        raise ValueError(f"format must be glm or glm4 (the layouts save_quantized writes), got {format!r}")
+    if hidden_size % num_heads or num_heads % num_kv_heads:
+        raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+    shape = dict(hidden=hidden_size, layers=num_layers, heads=num_heads, kv_heads=num_kv_heads,
+                 ffn=intermediate_size, vocab=vocab_size, rope_theta=rope_theta,
+                 eos=[int(i) for i in eos_ids])
+    torch_dtype = getattr(torch, dtype)
+    quant = QuantConfig(bits=bits, group_size=group_size, source=f"glm_runtime.testing random weights, seed {seed}")
+    with tempfile.TemporaryDirectory(prefix="random-float-") as src:
+        # The float checkpoint minus its weights: config and tokenizer, which save_quantized copies.
+        src = Path(src)
+        _write_side_files(src, format, shape, dtype, tokenizer_dir)
+        raw = json.loads((src / "config.json").read_text())
+        names = [n for n, _ in _iter_random_glm_weights(_names_only(shape), seed=seed,
+                                                        extra_norms=format == "glm4")]
+        ckpt = Checkpoint(path=src, format=format, config=_hf_config(raw, format), raw_config=raw,
+                          weight_files=[], eos_ids=tuple(shape["eos"]),
+                          weight_map={n: src / "generated" for n in names})  # only counted (progress)
+        tensors = ((n, t.to(torch_dtype)) for n, t in
+                   _iter_random_glm_weights(shape, seed=seed, extra_norms=format == "glm4"))
+        return save_quantized(ckpt, path, quant, progress=progress, tensors=tensors)
+
+
+def _names_only(shape: dict) -> dict:
+    # The same layout at one unit per dimension: the tensor names without drawing 9B numbers.
+    return {**shape, "hidden": shape["heads"], "ffn": 1, "vocab": 1}
+
+
+def _write_side_files(path: Path, format: str, shape: dict, dtype: str, tokenizer_dir) -> None:
     config = _CONFIG_WRITERS[format](shape, dtype)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     gen = {"eos_token_id": shape["eos"], "pad_token_id": shape["eos"][0], "do_sample": True,
            "temperature": 0.8, "top_p": 0.8}
     (path / "generation_config.json").write_text(json.dumps(gen, indent=2))
     _copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else _DEFAULT_TOKENIZER_DIR, path)
-    return path
 
 
 def _random_glm_weights(shape: dict, *, seed: int, extra_norms: bool) -> dict[str, torch.Tensor]:
+    return dict(_iter_random_glm_weights(shape, seed=seed, extra_norms=extra_norms))
+
+
+def _iter_random_glm_weights(shape: dict, *, seed: int, extra_norms: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, float32 tensor) in the `glm` layout, one at a time: the 9B shape never sits in memory whole."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -109,26 +187,25 @@ def _random_glm_weights(shape: dict, *, seed: int, extra_norms: bool) -> dict[st
         # Not all ones: a mapping that drops or swaps a norm must change the logits.
         return 1.0 + 0.1 * torch.randn(h, generator=g)
 
-    w: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(vocab, h, generator=g)}
+    yield "model.embed_tokens.weight", torch.randn(vocab, h, generator=g)
     for i in range(shape["layers"]):
         p = f"model.layers.{i}."
-        w[p + "input_layernorm.weight"] = norm()
-        w[p + "self_attn.q_proj.weight"] = lin(nh * hd, h)
-        w[p + "self_attn.q_proj.bias"] = 0.1 * torch.randn(nh * hd, generator=g)
-        w[p + "self_attn.k_proj.weight"] = lin(kv * hd, h)
-        w[p + "self_attn.k_proj.bias"] = 0.1 * torch.randn(kv * hd, generator=g)
-        w[p + "self_attn.v_proj.weight"] = lin(kv * hd, h)
-        w[p + "self_attn.v_proj.bias"] = 0.1 * torch.randn(kv * hd, generator=g)
-        w[p + "self_attn.o_proj.weight"] = lin(h, nh * hd)
-        w[p + "post_attention_layernorm.weight"] = norm()
-        w[p + "mlp.gate_up_proj.weight"] = lin(2 * ffn, h)
-        w[p + "mlp.down_proj.weight"] = lin(h, ffn)
+        yield p + "input_layernorm.weight", norm()
+        yield p + "self_attn.q_proj.weight", lin(nh * hd, h)
+        yield p + "self_attn.q_proj.bias", 0.1 * torch.randn(nh * hd, generator=g)
+        yield p + "self_attn.k_proj.weight", lin(kv * hd, h)
+        yield p + "self_attn.k_proj.bias", 0.1 * torch.randn(kv * hd, generator=g)
+        yield p + "self_attn.v_proj.weight", lin(kv * hd, h)
+        yield p + "self_attn.v_proj.bias", 0.1 * torch.randn(kv * hd, generator=g)
+        yield p + "self_attn.o_proj.weight", lin(h, nh * hd)
+        yield p + "post_attention_layernorm.weight", norm()
+        yield p + "mlp.gate_up_proj.weight", lin(2 * ffn, h)
+        yield p + "mlp.down_proj.weight", lin(h, ffn)
         if extra_norms:
-            w[p + "post_self_attn_layernorm.weight"] = norm()
-            w[p + "post_mlp_layernorm.weight"] = norm()
-    w["model.norm.weight"] = norm()
-    w["lm_head.weight"] = lin(vocab, h)
-    return w
+            yield p + "post_self_attn_layernorm.weight", norm()
+            yield p + "post_mlp_layernorm.weight", norm()
+    yield "model.norm.weight", norm()
+    yield "lm_head.weight", lin(vocab, h)
 
 
 def _glm_to_chatglm_names(w: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
