@@ -123,11 +123,15 @@ class Engine:
 
     Calls are sequential: a `generate()` started while an earlier generator is still paused
     supersedes it (resuming the old one raises). A lock keeps threads from interleaving steps.
+
+    Prompts run through the model's own forward; each one-token step runs through `decoder`
+    (a `glm_runtime.decoder.Decoder`, the same math without transformers' per-call machinery)
+    when there is one. Both write the same cache. `decoder=None` runs every step through the model.
     """
 
     def __init__(self, model, tokenizer, *, config, checkpoint_dir: Path, stop_ids: Sequence[int],
                  max_context: int, device, dtype, quantization: dict[str, Any] | None = None,
-                 cache: KVCache | None = None, prompt_cache: Any = None) -> None:
+                 cache: KVCache | None = None, prompt_cache: Any = None, decoder: Any = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -139,6 +143,7 @@ class Engine:
         self.quantization = quantization
         self.cache = cache if cache is not None else KVCache(config, max_tokens=max_context)
         self.prompt_cache = prompt_cache  # a glm_runtime.prompt_cache.PromptCache, or None
+        self.decoder = decoder            # a glm_runtime.decoder.Decoder, or None
         self.last_stats = GenerationStats()
         self.prefill_chunk = _PREFILL_CHUNK
         self._lock = threading.Lock()
@@ -252,11 +257,14 @@ class Engine:
                     if cancel is not None and cancel.is_set():
                         return None
                     chunk = ids[start:start + self.prefill_chunk]
-                    inp = torch.tensor([chunk], dtype=torch.long, device=self.device)
-                    out = self.model(input_ids=inp, past_key_values=self.cache.past, use_cache=True,
-                                     logits_to_keep=1)
+                    if len(chunk) == 1 and self.decoder is not None:
+                        logits = self.decoder.step(chunk[0], self.cache.past)
+                    else:
+                        inp = torch.tensor([chunk], dtype=torch.long, device=self.device)
+                        logits = self.model(input_ids=inp, past_key_values=self.cache.past, use_cache=True,
+                                            logits_to_keep=1).logits[0, -1]
                     self.cache.extend(chunk)
-                    logits = out.logits[0, -1].float()
+                    logits = logits.float()
             except BaseException:
                 self.cache.clear()
                 raise
@@ -351,9 +359,11 @@ def load_engine(model: str | os.PathLike, *, quantize: Quantize = "auto", dtype:
     saved = None
     if prompt_cache_dir is not None:
         saved = _prompt_cache(prompt_cache_dir, prompt_cache_bytes, ckpt, tokenizer, quantization, torch_dtype)
+    from glm_runtime.decoder import Decoder
+
     return Engine(net, tokenizer, config=ckpt.config, checkpoint_dir=ckpt.path,
                   stop_ids=ckpt.eos_ids or (151329, 151336, 151338), max_context=context, device=dev,
-                  dtype=torch_dtype, quantization=quantization, prompt_cache=saved)
+                  dtype=torch_dtype, quantization=quantization, prompt_cache=saved, decoder=Decoder.from_model(net))
 
 
 def _prompt_cache(directory, max_bytes, ckpt, tokenizer, quantization, dtype):

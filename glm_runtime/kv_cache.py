@@ -6,6 +6,8 @@ values of the longest common prefix and drops the rest (the new prompt may diver
 when a turn is re-rendered), so the engine prefills only what is new.
 
 It holds one sequence (batch 1) and at most `max_tokens` tokens; it knows nothing of sampling.
+Each layer's keys and values live in a preallocated buffer (`glm_runtime.kv_layer.KVLayer`) that the
+model's forward and the engine's decode step (`glm_runtime.decoder`) write in place, token by token.
 
     >>> cache = KVCache(config, max_tokens=4096)        # doctest: +SKIP
     >>> cache.reuse([1, 2, 3, 4])                        # empty: nothing to reuse
@@ -33,7 +35,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class KVCache:
-    """A transformers `DynamicCache` plus the ids whose keys and values it holds."""
+    """A transformers `DynamicCache` of `KVLayer`s plus the ids whose keys and values it holds."""
 
     def __init__(self, config: Any = None, *, max_tokens: int | None = None) -> None:
         self.config = config
@@ -43,8 +45,17 @@ class KVCache:
 
     def _new_past(self):
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
-        return DynamicCache(config=self.config) if self.config is not None else DynamicCache()
+        from glm_runtime.kv_layer import KVLayer
+
+        past = DynamicCache(config=self.config) if self.config is not None else DynamicCache()
+        # Plain full-attention layers get preallocated buffers; any other kind (sliding) stays as built.
+        past.layers = [KVLayer(limit=self.max_tokens) if type(layer) is DynamicLayer else layer
+                       for layer in past.layers]
+        if past.layer_class_to_replicate is DynamicLayer:  # no config: layers appear on first use
+            past.layer_class_to_replicate = lambda: KVLayer(limit=self.max_tokens)
+        return past
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,8 +89,10 @@ class KVCache:
         return None if self.max_tokens is None else self.max_tokens - len(self.ids)
 
     def clear(self) -> None:
+        """Forget every position; the layers keep their buffers for the next sequence."""
         self.ids = []
-        self.past = self._new_past()
+        for layer in self.past.layers:
+            layer.reset()
 
     def nbytes(self) -> int:
         """Bytes held by the cached keys and values."""
