@@ -166,6 +166,33 @@ def collate(encoded, rows: list[list[int]], pad: int):
     return ids, labels, pos
 
 
+def held_out_exact(model, tok, stop: dict[str, int], count: int, seed: int = 1) -> dict[str, float]:
+    """Per category, the share of `count` held-out conversations whose every trained assistant
+    turn the model predicts exactly, token by token.
+
+    Teacher-forced: one forward pass per conversation, argmax at each target position. All of a
+    turn's argmaxes being right is the same as greedy decoding writing that turn, so this is a fast
+    (seconds), strict proxy of `evaluate.py`'s task success, without the tools.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = {}
+    with torch.inference_mode():
+        for cat in data.CATEGORIES:
+            ok = 0
+            examples = data.generate(cat, count, seed=seed, split="eval")
+            for ids, labels in (data.encode(ex, tok, stop) for ex in examples):
+                pred = model(input_ids=torch.tensor([ids])).logits[0, :-1].argmax(-1)
+                target = torch.tensor(labels[1:])
+                scored = target != -100
+                ok += bool((pred[scored] == target[scored]).all())
+            out[cat] = ok / count
+    model.train(was_training)
+    return out
+
+
 def weights_hash(model) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -203,6 +230,9 @@ def parse_args(argv=None):
     # One thread: on a small model a second thread costs more in synchronisation than it gives.
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="every N steps, log the held-out exact-match rate per category (0: only at the end)")
+    p.add_argument("--eval-count", type=int, default=30, help="held-out conversations per category for that log")
     p.add_argument("--log", type=Path, default=None)
     p.add_argument("--hash", action="store_true", help="print the sha256 of the final weights")
     return p.parse_args(argv)
@@ -278,6 +308,10 @@ def main(argv=None) -> str:
             el = time.time() - t1
             log(f"step {step}/{args.steps} loss {loss.item():.4f} avg {avg:.4f} lr {sched.get_last_lr()[0]:.2e} "
                 f"{seen / el:.0f} tok/s {el / 60:.1f} min")
+        if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
+            exact = held_out_exact(model, tok, stop, args.eval_count)
+            log("held-out exact " + " ".join(f"{c} {v:.0%}" for c, v in exact.items()))
+            meta["held_out_exact"] = exact
         if step % args.save_every == 0 or step == args.steps:
             save(model, args.out, eos, meta | {"step": step, "loss_avg": avg})
             log(f"saved step {step} to {args.out}")
