@@ -4,7 +4,10 @@ In one run, on one checkpoint (built once, bf16 safetensors, the real GLM-4 toke
 
 1. fp32, bf16, int8, int4: decode tok/s (a 128-token prompt, then 64 greedy tokens), prefill tok/s
    (a 512-token prompt), load seconds and peak RSS. Each variant runs in its own subprocess, so
-   peak RSS is that variant's alone.
+   peak RSS is that variant's alone. Decode is timed twice per repetition, interleaved: with the
+   engine's hand-written step (`glm_runtime.decoder`, `decode_tok_s`) and with every step through
+   the transformers model's forward as before it (`decode_tok_s_model_forward`); their ratio is
+   `decoder_over_model_forward`.
 2. Quality against bf16 (int8, int4): relative RMS logit error, KL, top-1 agreement on fixed prompts.
 3. The agent-loop case: 10 steps, the conversation growing ~200 tokens per step, with the engine's
    KV reuse vs. with the cache dropped before each step (prefill tokens and seconds per step).
@@ -136,22 +139,36 @@ def worker(args) -> dict:
     out: dict = {"variant": args.worker, "load_seconds": round(time.perf_counter() - t0, 2),
                  "threads": torch.get_num_threads()}
     list(engine.generate(_random_ids(16, 0), max_new_tokens=2, stop_ids=[]))  # warm-up
-    prefill, decode = [], []
+    decoder = engine.decoder
+    prefill, decode, forward = [], [], []
     for rep in range(args.reps):
         engine.reset_cache()
         t = time.perf_counter()
         engine.next_token_logits(_random_ids(args.prefill_tokens, 100 + rep))
         prefill.append(args.prefill_tokens / (time.perf_counter() - t))
-        engine.reset_cache()
-        list(engine.generate(_random_ids(args.prompt_tokens, 200 + rep), max_new_tokens=args.new_tokens, stop_ids=[]))
-        decode.append(engine.last_stats.decode_tok_s)
+        decode.append(_decode_tok_s(engine, args, rep))
+        if decoder is not None:  # the same steps through the model's forward, interleaved: a before/after ratio
+            engine.decoder = None
+            forward.append(_decode_tok_s(engine, args, rep))
+            engine.decoder = decoder
     out.update(prefill_tok_s=round(_median(prefill), 2), decode_tok_s=round(_median(decode), 2),
-               prefill_runs=[round(x, 2) for x in prefill], decode_runs=[round(x, 2) for x in decode])
+               prefill_runs=[round(x, 2) for x in prefill], decode_runs=[round(x, 2) for x in decode],
+               decoder=decoder is not None)
+    if forward:
+        out.update(decode_tok_s_model_forward=round(_median(forward), 2),
+                   decode_model_forward_runs=[round(x, 2) for x in forward],
+                   decoder_over_model_forward=round(_median(decode) / _median(forward), 2))
     out["quality"] = _quality(engine, args)
     if args.loop:
         out["agent_loop"] = agent_loop(engine, steps=args.loop_steps, growth=args.loop_growth)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
+
+
+def _decode_tok_s(engine, args, rep: int) -> float:
+    engine.reset_cache()
+    list(engine.generate(_random_ids(args.prompt_tokens, 200 + rep), max_new_tokens=args.new_tokens, stop_ids=[]))
+    return engine.last_stats.decode_tok_s
 
 
 def _quality(engine, args) -> dict | None:
@@ -392,6 +409,10 @@ def _table(report: dict) -> str:
                      f"| {q.get('rel_rms_logit_error', '-')} | {q.get('top1_agreement', '-')} |")
     for name, r in report["ratios"].items():
         lines.append(f"{name}: {r}")
+    for name, v in report["variants"].items():
+        if v.get("decoder_over_model_forward"):
+            lines.append(f"{name} decode, hand-written step / model forward per step: {v['decoder_over_model_forward']} "
+                         f"({v['decode_tok_s']} / {v['decode_tok_s_model_forward']} tok/s)")
     for name, v in report["variants"].items():
         loop = v.get("agent_loop")
         if loop:

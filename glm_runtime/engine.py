@@ -97,7 +97,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.temperature == 0:
         # Greedy checks one logit per token, not the vocabulary (the full check only when the pick
         # is not finite): a 151,552-wide isfinite().any() cost as much as the argmax itself.
-        tok = int(torch.argmax(logits))
+        tok = _argmax(logits)
         if not torch.isfinite(logits[tok]) and not torch.isfinite(logits).any():
             raise ValueError("every token has -inf or NaN logits (a logits processor ruled out all of them?)")
         return tok
@@ -116,6 +116,16 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _argmax(logits: torch.Tensor) -> int:
+    # numpy's argmax is ~10x faster than torch's on a 151,552-wide CPU row (8 vs 94 us, one thread);
+    # both return the first maximum, and NaN counts as the maximum in both.
+    import torch
+
+    if not logits.requires_grad and logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 1:
+        return int(logits.numpy().argmax())
+    return int(torch.argmax(logits))
 
 
 class Engine:
