@@ -21,6 +21,9 @@ from glm_runtime.messages import ToolSpec
 from tools.base import ToolContext
 from tools.builtin.browser import BrowserTool
 from tools.builtin.browser.fetcher import fetch
+from tools.builtin.browser.page import BrowseError
+from tools.builtin.browser.policy import UrlPolicy
+from tools.builtin.browser.session import BrowserSession
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -82,7 +85,28 @@ DOWNLOADS = html("Downloads", "<article><p>" + "A page that starts a download. "
                  "<a id=d href='/file.zip' download>file</a><script>document.getElementById('d').click();"
                  "window.open('/popup');</script>")
 LONG = article("Long read", "A sentence that fills a long page with words.", n=400)
-
+# Content from a script the page inserts after load, which the server takes 0.3 s to send (longer
+# than the quiet window), while a polling loop keeps setting timers: the script is waited for.
+LATE_SCRIPT = html("Late script", """<article><h1>Late script</h1><div id="late">Waiting...</div></article><script>
+(function poll() { setTimeout(poll, 20); })();
+window.addEventListener('load', () => {
+  const s = document.createElement('script'); s.src = '/r/slow.js'; document.head.appendChild(s);
+});
+</script>""")
+# Every kind of sub-request, same-origin and on a host the policy refuses (`localhost`, below).
+RESOURCES = html("Resources", """<link rel=stylesheet href="/r/style.css">
+<style>@font-face { font-family: f; src: url(/r/font.woff); } body { font-family: f; }</style>
+<img src="/r/img.png"><iframe src="/r/frame"></iframe><video src="/r/movie.mp4"></video>
+<script src="http://localhost:PORT/r/private.js"></script>
+<article><h1>Resources</h1><p>""" + "A page that asks for every kind of resource. " * 20 + """</p>
+<script src="/r/own.js"></script>
+<script>document.write("<script src='http://localhost:PORT/r/written.js'></scr" + "ipt><p>Written by the page.</p>");</script>
+<p id="after">Inline scripts ran after the refused one: </p></article>
+<script>
+fetch('http://localhost:PORT/r/private.json').catch(() => {});
+const s = document.createElement('script'); s.src = 'http://localhost:PORT/r/late.js'; document.head.appendChild(s);
+document.getElementById('after').textContent += typeof privateLoaded + '.';
+</script>""")
 ROUTES = {
     "/": article("Home", "A calm page that always works."),
     "/js": JS_PAGE,
@@ -102,6 +126,13 @@ ROUTES = {
     "/report.pdf": Reply(make_pdf(["Revenue rose 12 percent in the third quarter.", "Costs were flat."], "Q3 report"),
                          content_type="application/pdf"),
     "/long": LONG,
+    "/resources": lambda req: Reply(RESOURCES.body.replace(b"PORT", str(req.handler.server.server_address[1]).encode())),
+    "/r/own.js": Reply(b"document.write('<p>The page\\'s own script ran.</p>');", content_type="text/javascript"),
+    "/late-script": LATE_SCRIPT,
+    "/r/slow.js": lambda req: time.sleep(0.3) or Reply(
+        b"document.getElementById('late').innerHTML = '<p>" + (JS_TEXT + ", from a late script. ").encode() * 5
+        + b"</p>';", content_type="text/javascript"),
+    "/r/private.js": Reply(b"var privateLoaded = true;", content_type="text/javascript"),
 }
 
 
@@ -138,6 +169,12 @@ def test_content_rendered_by_javascript_after_load_is_read(tool, site, ctx):
     assert "Loading..." not in result.content
     # A plain HTTP fetch of the same URL does not see it.
     assert JS_TEXT.encode() not in fetch(site.url("/js"), tool.policy).body
+
+
+def test_content_from_a_script_inserted_after_load_is_waited_for(tool, site, ctx):
+    result = tool.call(f'open_url("{site.url("/late-script")}")', ctx)
+    assert not result.is_error and JS_TEXT + ", from a late script." in result.content, result.content
+    assert "Waiting..." not in result.content and "Note:" not in result.content
 
 
 def test_search_then_mclick_opens_results_concurrently_and_citations_resolve(tool, site, ctx):
@@ -251,3 +288,24 @@ def test_cancel_stops_a_call_that_is_waiting(tool, site, tmp_path):
     result = tool.call(f'open_url("{site.url("/never")}?cancel")', ctx)
     assert time.monotonic() - start < 1.5
     assert result.is_error and "cancelled" in result.content
+
+
+def test_sub_requests_are_refused_by_kind_and_by_policy_and_the_page_still_renders(site):
+    class NotLocalhost(UrlPolicy):
+        # Stands in for a public page pulling from the private network: `localhost` is refused.
+        def check(self, url):
+            if "//localhost:" in url:
+                raise BrowseError(f"refused {url}")
+            return super().check(url)
+
+    session = BrowserSession(NotLocalhost(allow_private_network=True), page_timeout=PAGE_TIMEOUT)
+    try:
+        before = len(site.hits)
+        page = session.open(site.url("/resources"), time.monotonic() + PAGE_TIMEOUT)
+    finally:
+        session.close()
+    asked = site.hits[before:]
+    assert asked[:2] == ["/resources", "/r/own.js"]  # the document, then the only sub-request let through
+    assert set(asked) == {"/resources", "/r/own.js"}, asked  # no style, font, image, frame, media; no localhost
+    assert "The page's own script ran." in page.text and "Written by the page." in page.text
+    assert "Inline scripts ran after the refused one: undefined." in page.text and page.note == ""

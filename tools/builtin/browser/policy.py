@@ -27,8 +27,10 @@ from tools.builtin.browser.page import BrowseError
 
 __all__ = ["UrlPolicy"]
 
-# getaddrinfo cannot be cancelled; a small pool bounds how long a lookup may hold a call.
-_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="browser-dns")
+# getaddrinfo cannot be cancelled; a pool bounds how long a lookup may hold a call. A lookup that
+# stalls holds its thread until the system resolver gives up (seconds), so the pool is wide
+# enough that a page naming a few such hosts does not queue every other lookup behind them.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="browser-dns")
 
 
 def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

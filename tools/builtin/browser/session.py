@@ -10,9 +10,11 @@ How a page is opened, and why:
    deadline, downloads refused), so a 50 MB page or a server that never answers stops there.
 2. PDFs and plain text become text directly; HTML is handed to Chromium through a route
    that fulfills the navigation with the fetched bytes, so the scripts run at the page's own
-   origin. Every sub-request is checked by the policy; images (never even requested), media,
-   fonts, stylesheets and frames are not loaded; later navigations (a script or meta refresh
-   leaving the page) are refused.
+   origin. Every sub-request is checked by the policy. Images (never even requested), media,
+   fonts, stylesheets, frames and plug-ins are refused inside the renderer by the document's
+   Content-Security-Policy, and `<script src>` tags on hosts the policy refuses are made inert
+   before parsing, so neither costs a round trip to Python; everything else goes through the
+   route handler. Later navigations (a script or meta refresh leaving the page) are refused.
 3. Nothing waits on subresources: after DOMContentLoaded the page gets a short, bounded
    settle window, waited for inside the page in one call: nothing pending (fetch, XHR, a
    script loading, a short timer, the load event; anything older than a second is taken as
@@ -35,6 +37,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -63,6 +66,20 @@ SYSTEM_CHROMIUM = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/
 
 # Sub-requests that never carry a page's text, refused whatever `block` says.
 _NEVER_TEXT = frozenset({"ping", "manifest", "texttrack", "beacon", "csp_report", "cspviolationreport"})
+
+# Sub-requests of these kinds are refused by the page's own Content-Security-Policy, inside the
+# renderer, so they never reach the route handler (a round trip to Python each).
+_CSP_BLOCKS = {"image": "img-src 'none'", "media": "media-src 'none'", "font": "font-src 'none'",
+               "stylesheet": "style-src 'unsafe-inline'"}  # inline styles stay: they are part of the page
+_CSP_ALWAYS = ("frame-src 'none'", "object-src 'none'", "manifest-src 'none'")  # a frame's text is not read
+
+# `<script ... src="[https:]//host/...">`: a script whose host is known before the page is parsed.
+_SCRIPT_SRC = re.compile(rb"<script\b(?=[^>]*?\ssrc\s*=\s*[\"']?\s*(?:https?:)?//([A-Za-z0-9.-]+(?::[0-9]+)?)[/\"'\s>?#])",
+                         re.I)  # other hosts (IPv6, IDN, user info) are left to the route handler
+# The first of two `type`s wins, and an unknown type is never fetched nor run. No quotes: the tag
+# may sit in a script's string literal (document.write), which must still parse.
+_REFUSED_TYPE = b"<script type=text/x-refused-by-policy"
+PRECHECK = 0.3  # seconds the policy may take over a page's script hosts before it is handed over
 
 # Installed in every document before its scripts run: records the page's last activity (DOM
 # change, fetch/XHR or script load starting or ending, a short timer firing) and what is still
@@ -181,6 +198,7 @@ class BrowserSession:
         self.settle_timeout = settle_timeout
         self.max_bytes = max_bytes
         self.block = set(block)
+        self._csp = "; ".join([_CSP_BLOCKS[b] for b in sorted(self.block) if b in _CSP_BLOCKS] + list(_CSP_ALWAYS))
         self.max_concurrency = max_concurrency
         self.launch_seconds: float | None = None
         self._start_lock = threading.Lock()
@@ -190,6 +208,10 @@ class BrowserSession:
         self._pw = self._browser = self._context = None
         self._slots: asyncio.Semaphore | None = None
         self._hosts = _HostCache()
+        self._lookups: dict[str, asyncio.Future] = {}  # host -> its policy lookup in progress
+        # Lookups have threads of their own: a host whose DNS stalls holds one for seconds, and
+        # must not queue the fetches and extractions behind it (they use the loop's default pool).
+        self._lookup_pool = _lookup_pool()
         self._idle: list[_Tab] = []  # tabs that rendered cleanly, kept for the next page
         self._releasing: set[asyncio.Task] = set()  # tabs going back to about:blank (kept referenced)
 
@@ -251,6 +273,8 @@ class BrowserSession:
         except (concurrent.futures.TimeoutError, RuntimeError, OSError) as e:
             log.warning("browser did not shut down cleanly: %s", e)
         loop.call_soon_threadsafe(loop.stop)
+        pool, self._lookup_pool = self._lookup_pool, _lookup_pool()  # a closed session may start again
+        pool.shutdown(wait=False, cancel_futures=True)
         if thread is not None:
             thread.join(timeout=5)
         if not loop.is_running():
@@ -298,6 +322,7 @@ class BrowserSession:
                     log.debug("closing %s: %s", type(obj).__name__, e)
         self._pw = self._browser = self._context = None
         self._idle = []
+        self._lookups = {}  # futures of this loop; a relaunch may run on another
 
     async def _open_many(self, urls: list[str], deadline: float) -> list[Page | BrowseError]:
         async def one(url: str) -> Page | BrowseError:
@@ -361,8 +386,9 @@ class BrowserSession:
         """The rendered DOM and title, or (None, None, note) when the page's scripts never let go."""
         from playwright.async_api import Error as PlaywrightError
 
+        body = await self._without_refused_scripts(doc, deadline)
         tab = await self._tab()
-        tab.load(doc)
+        tab.load(doc, body)
         page, clean = tab.page, False
         try:
             left = lambda: max(0.05, deadline - time.monotonic())  # noqa: E731
@@ -400,22 +426,64 @@ class BrowserSession:
         return tuple(await asyncio.wait_for(
             page.evaluate(_SETTLE_AND_READ, [QUIET * 1000, STALLED * 1000, cap * 1000]), limit))
 
+    async def _without_refused_scripts(self, doc: Document, deadline: float) -> bytes:
+        """The document with its `<script src>` tags on refused hosts made inert (never fetched).
+
+        Such a script would be refused anyway, one request at a time, each holding the parser
+        (and DOMContentLoaded) for a round trip through the route handler. The policy decides
+        hosts it can within `PRECHECK` seconds (verdicts are cached per host); scripts on the
+        others are left to the route handler, which still checks every request.
+        """
+        scheme = urlsplit(doc.url).scheme
+        wait = max(0.0, min(PRECHECK, deadline - time.monotonic()))
+        hosts: dict[str, asyncio.Future] = {}
+        for m in _SCRIPT_SRC.finditer(doc.body):
+            netloc = m.group(1).decode("ascii")
+            if netloc not in hosts:
+                hosts[netloc] = asyncio.ensure_future(self._verdict(f"{scheme}://{netloc}/", wait))
+        if not hosts:
+            return doc.body
+        await asyncio.wait(hosts.values())
+        refused = {n for n, f in hosts.items() if f.result() is False}
+        if not refused:
+            return doc.body
+        return _SCRIPT_SRC.sub(lambda m: _REFUSED_TYPE if m.group(1).decode("ascii") in refused else m.group(0),
+                               doc.body)
+
     async def _allowed(self, url: str) -> bool:
         """May the page fetch this sub-resource? Every address must pass the policy.
 
         The lookup is made even where private addresses are allowed: a host that does not
         resolve is refused here at once, where Chromium's own resolver can take seconds on
-        a closed network, holding up the scripts the page waits for.
+        a closed network, holding up the scripts the page waits for. A lookup still going
+        after `STALLED` seconds refuses the request (a stalled resource, which a reader does
+        not wait for); it goes on, and its verdict serves the next request to that host.
         """
+        return await self._verdict(url, STALLED) is True
+
+    async def _verdict(self, url: str, wait: float) -> bool | None:
+        """The policy's verdict on `url`'s host, cached per host; None if not known within `wait` s.
+        Concurrent requests to one host share one lookup."""
         host = urlsplit(url).hostname or ""
         allowed = self._hosts.get(host)
-        if allowed is None:
-            try:
-                await asyncio.to_thread(self.policy.check, url)
-                allowed = True
-            except BrowseError:
-                allowed = False
-            self._hosts.put(host, allowed)
+        if allowed is not None:
+            return allowed
+        lookup = self._lookups.get(host)
+        if lookup is None:
+            lookup = self._lookups[host] = asyncio.ensure_future(self._look_up(url, host))
+        try:
+            return await asyncio.wait_for(asyncio.shield(lookup), wait)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _look_up(self, url: str, host: str) -> bool:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._lookup_pool, self.policy.check, url)
+            allowed = True
+        except BrowseError:
+            allowed = False
+        self._hosts.put(host, allowed)
+        self._lookups.pop(host, None)
         return allowed
 
     async def _route(self, route, tab: "_Tab") -> None:
@@ -425,7 +493,8 @@ class BrowserSession:
                 doc = tab.doc
                 if doc is not None and not tab.served and urldefrag(request.url)[0] == urldefrag(doc.url)[0]:
                     tab.served = True
-                    await route.fulfill(status=200, headers={"content-type": doc.content_type}, body=doc.body)
+                    await route.fulfill(status=200, body=tab.body,
+                                        headers={"content-type": doc.content_type, "content-security-policy": self._csp})
                 else:
                     tab.navigations.append(request.url)
                     await route.abort("blockedbyclient")
@@ -467,14 +536,19 @@ class _Tab:
         self.doc: Document | None = None
         self.load(None)
 
-    def load(self, doc: Document | None) -> None:
+    def load(self, doc: Document | None, body: bytes = b"") -> None:
         self.doc = doc
+        self.body = body  # what the browser is given for the document
         self.served = False
         self.navigations: list[str] = []
 
 
 class _Navigated(Exception):
     """The page tried to leave for another URL (refused); its DOM is not the page's any more."""
+
+
+def _lookup_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="browser-policy")
 
 
 async def _quietly(awaitable) -> None:
