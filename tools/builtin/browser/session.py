@@ -18,7 +18,7 @@ How a page is opened, and why:
 3. Nothing waits on subresources: after DOMContentLoaded the page gets a short, bounded
    settle window, waited for inside the page in one call: nothing pending (fetch, XHR, a
    script loading, a short timer, the load event; anything older than a second is taken as
-   stalled) and no DOM change for 50 ms. Then the DOM is read in the same call, without its
+   stalled) and no DOM change for 30 ms. Then the DOM is read in the same call, without its
    scripts and styles. If scripts never let the page finish (an endless loop, an `alert()`
    loop), or leave it, the text comes from the HTML as served, with a note saying so.
    Dialogs are dismissed (Playwright's default), pop-ups closed. Tabs that rendered cleanly
@@ -52,7 +52,7 @@ __all__ = ["BrowserSession", "find_chromium", "CHROMIUM_ARGS"]
 
 log = logging.getLogger(__name__)
 
-QUIET = 0.05  # seconds without DOM change or network activity (nothing pending) that count as "settled"
+QUIET = 0.03  # seconds without DOM change or network activity (nothing pending) that count as "settled"
 STALLED = 1.0  # a request or script in flight longer than this is not waited for
 SHORT_TIMER = 0.25  # a setTimeout this short, scheduled by the page's own work, is waited for
 
@@ -152,6 +152,9 @@ _ACTIVITY_WATCH = """
 _SETTLE_AND_READ = """
 async ([quiet, stalled, cap]) => {
   const a = window.__glmActivity, start = performance.now();
+  // A document without scripts (none, or only data and refused ones) changes no more after parsing.
+  const code = /^(|module|text\\/javascript|application\\/javascript|text\\/ecmascript|application\\/ecmascript)$/i;
+  if (![...document.scripts].some((s) => code.test(s.type.trim()))) quiet = 0;
   if (a) {
     for (;;) {
       const t = performance.now();
