@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if not existed:
             report["build_seconds"] = round(build(ckpt, args.shape, group_size=args.group_size, seed=args.seed), 1)
+            report["build_peak_gib"] = _gib(proc_status()["VmHWM"])  # this process: the writer's peak
         files = sorted(ckpt.glob("*.safetensors"))
         report["checkpoint_gib"] = _gib(sum(f.stat().st_size for f in files))
         report["checkpoint_files"] = len(files)
@@ -232,7 +233,8 @@ def _table(r: dict) -> str:
     lines = [f"shape {r['shape']}: hidden {r['hidden']}, {r['layers']} layers, ffn {r['ffn']}, vocab {r['vocab']}; "
              f"{r['quantization']['scheme']} g{r['quantization']['group_size']}, activations {r['dtype']}",
              f"checkpoint: {r['checkpoint_gib']} GiB in {r['checkpoint_files']} files"
-             + (f" (built in {r['build_seconds']} s)" if "build_seconds" in r else " (reused)"),
+             + (f" (built in {r['build_seconds']} s, peak {r['build_peak_gib']} GiB)" if "build_seconds" in r
+                else " (reused)"),
              f"model tensors in memory: {r['model_tensor_gib']} GiB", "",
              f"{'stage':<16} {'rss GiB':>8} {'anon':>7} {'file':>7} {'peak':>7}"]
     for name, s in r["stages"].items():
