@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "load_model", "open_checkpoint", "param_count", "resolve_model_dir",
+    "Checkpoint", "CheckpointError", "load_model", "open_checkpoint", "page_out", "param_count", "resolve_model_dir",
     "save_quantized",
 ]
 
@@ -427,6 +427,7 @@ def _build_quantized(model, mod_name, parts, quant, stored, dtype, device):
         return Int8Linear(q.to(device), s.to(device), None if bias is None else bias.to(device), dtype=dtype)
     if not stored:
         packed = quantize_int4(w, quant.group_size)
+        page_out([w])  # quantized on load: the mapped float weight is dead
     elif legacy:
         q, sz = parts["qweight"], parts["scales_and_zeros"]
         if tuple(q.shape) != (shell.out_features, shell.in_features // 2):
@@ -461,7 +462,10 @@ def _set_tensor(model: nn.Module, name: str, t: torch.Tensor, dtype, device) -> 
         raise CheckpointError(f"unexpected tensor {name!r} for {type(model).__name__}")
     if old.shape != t.shape:
         raise CheckpointError(f"{name}: shape {tuple(t.shape)} in the checkpoint, model expects {tuple(old.shape)}")
-    module._parameters[leaf] = nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=False)
+    value = t.to(device=device, dtype=dtype)
+    if value.data_ptr() != t.data_ptr():
+        page_out([t])  # converted: the mapped original is dead
+    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
 
 
 def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:
@@ -470,6 +474,37 @@ def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise CheckpointError(f"{ckpt.path}: incomplete checkpoint, missing {shown}")
+
+
+def page_out(tensors: Iterable[torch.Tensor]) -> None:
+    """Hand the resident pages of tensors no longer used back to the kernel (Linux; elsewhere nothing).
+
+    Loaded weights are views of the checkpoint's memory-mapped safetensors files, and a page read
+    once stays resident while its file is mapped, which is as long as any tensor of that file lives.
+    A tensor read only to be converted or copied (a dtype cast, quantization on load, the decoder's
+    q/k/v fusion) would stay counted beside its copy (GLM-4-9B: 0.36 GiB of q/k/v, 1.16 GiB of
+    embedding cast to float32). MADV_PAGEOUT never loses data (a page comes back from the file, or
+    stays), so it is safe on any memory.
+
+        >>> page_out([f.get_tensor("lm_head.weight")])   # doctest: +SKIP
+    """
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    advice = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux 5.4+; Python's mmap may not define it
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for t in tensors:
+        start = -(-t.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+        end = (t.data_ptr() + t.numel() * t.element_size()) // mmap.PAGESIZE * mmap.PAGESIZE
+        if t.device.type == "cpu" and t.is_contiguous() and end > start:
+            madvise(start, end - start, advice)  # a failure (old kernel) only leaves the pages resident
 
 
 # ---- saving a quantized copy ----

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm_runtime.checkpoint import page_out
 from glm_runtime.kernels import extension
 from glm_runtime.kernels.int4 import Int4Linear, Int4Packed
 
@@ -191,32 +192,6 @@ def _fuse_int4(modules: list[Int4Linear]) -> Int4Linear:
         replaced += [m.qweight, m.scales]
         m.qweight, m.scales = packed.qweight[start : start + tiles], packed.scales[start : start + tiles]
         start += tiles
-    _page_out(replaced)
+    page_out(replaced)  # the mapped originals read above would stay resident beside the copy
     return Int4Linear.from_packed(packed, bias)
 
-
-def _page_out(tensors: list[torch.Tensor]) -> None:
-    """Hand the resident pages of tensors no longer used back to the kernel (Linux; elsewhere nothing).
-
-    A loaded checkpoint's weights are views of its memory-mapped safetensors files, and a page read
-    once stays resident while the file is mapped: the q/k/v weights read by the fusion above would
-    stay counted beside their fused copy (GLM-4-9B: 0.36 GiB twice). MADV_PAGEOUT never loses data
-    (a page comes back from the file, or stays), so it is safe whatever the memory is.
-    """
-    import ctypes
-    import mmap
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    advice = getattr(mmap, "MADV_PAGEOUT", 21)  # Linux 5.4+; Python's mmap may not define it
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    for t in tensors:
-        start = -(-t.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
-        end = (t.data_ptr() + t.numel() * t.element_size()) // mmap.PAGESIZE * mmap.PAGESIZE
-        if t.device.type == "cpu" and t.is_contiguous() and end > start:
-            madvise(start, end - start, advice)  # a failure (old kernel) only leaves the pages resident

@@ -119,7 +119,7 @@ def test_pages_of_replaced_mapped_weights_are_handed_back_and_still_read_right(t
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from glm_runtime.decoder import _page_out
+    from glm_runtime.checkpoint import page_out
 
     w = torch.randint(0, 255, (64 * 2**20,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     save_file({"w": w}, str(tmp_path / "w.safetensors"))
@@ -127,7 +127,7 @@ def test_pages_of_replaced_mapped_weights_are_handed_back_and_still_read_right(t
         mapped = f.get_tensor("w")
     mapped[::4096].sum()  # read one byte per page: all of it resident
     before = _rss_file()
-    _page_out([mapped])
+    page_out([mapped])
     assert before - _rss_file() > 48 * 2**20
     assert torch.equal(mapped, w)  # nothing lost: the pages come back from the file
 
