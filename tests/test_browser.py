@@ -310,19 +310,3 @@ def test_sub_requests_are_refused_by_kind_and_by_policy_and_the_page_still_rende
     assert "The page's own script ran." in page.text and "Written by the page." in page.text
     assert "Inline scripts ran after the refused one: undefined." in page.text and page.note == ""
 
-
-def test_a_kept_tab_goes_straight_to_the_next_page_and_is_emptied_when_idle(site):
-    from tools.builtin.browser.session import IDLE_BLANK
-
-    session = BrowserSession(UrlPolicy(allow_private_network=True), page_timeout=PAGE_TIMEOUT)
-    try:
-        first = session.open(site.url("/leaves") + "?kept", time.monotonic() + PAGE_TIMEOUT)
-        assert "tried to navigate" in first.note  # not clean: that tab is closed, not kept
-        pages = [session.open(site.url(f"/?kept={i}"), time.monotonic() + PAGE_TIMEOUT) for i in range(3)]
-        assert all("A calm page" in p.text and p.note == "" for p in pages)
-        (tab,) = session._idle  # one tab served the three pages, and still shows the last one
-        assert tab.uses == 3 and tab.page.url.endswith("?kept=2")
-        time.sleep(IDLE_BLANK + 1.0)
-        assert session._idle == [tab] and tab.page.url == "about:blank"
-    finally:
-        session.close()
