@@ -7,14 +7,20 @@ share reads as a ratio, which stays meaningful on a loaded machine.
 
     python3 bench/browser.py                # all pages
     python3 bench/browser.py --pages 40 --json
-    python3 bench/browser.py --against d92c3dc --pages 80   # that commit's session.py vs this one
+    python3 bench/browser.py --against d92c3dc --pages 80   # that commit's browser vs this one
+
+`--against REV` runs REV's packages (the browser, the tool protocol, everything they import,
+exported with `git archive`) and today's working tree in two worker processes, each with its
+own Chromium, and opens every page with one then the other (alternating which goes first), so
+both see the same machine load; it prints both medians and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import importlib.util
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +29,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+CODE = os.environ.get("BENCH_BROWSER_CODE", str(ROOT))  # whose packages a --worker imports (see --against)
+sys.path[:0] = [CODE, str(ROOT / "tests")]
 
 from browser_fixtures.site import Site, article_routes, load_articles  # noqa: E402
 
@@ -62,52 +69,88 @@ def measure_launch(runs: int) -> list[float]:
     return times
 
 
-def session_at(rev: str):
-    """`tools/builtin/browser/session.py` as it was at git revision `rev`, as a module (it uses
-    today's fetcher, policy and extraction, whose interfaces it shares)."""
-    source = subprocess.run(["git", "show", f"{rev}:tools/builtin/browser/session.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="bench-browser-")) / "session_then.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"session_{rev}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+PACKAGES = ("tools", "glm_runtime", "prompts", "sandbox")  # what the browser tool can import
+
+
+def export(rev: str) -> Path:
+    """The Python packages as they were at git revision `rev`, in a temporary directory."""
+    where = Path(tempfile.mkdtemp(prefix=f"bench-browser-{rev}-"))
+    archive = subprocess.run(["git", "archive", rev, *PACKAGES], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
+
+
+class Worker:
+    """A process opening pages with the browser tool of the packages under `root`: one URL per line
+    in, one JSON line out (the open's seconds, as timed inside the worker, and the text)."""
+
+    def __init__(self, root: Path) -> None:
+        env = {**os.environ, "BENCH_BROWSER_CODE": str(root)}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], cwd=root, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.ask("") == {"ready": True}
+
+    def ask(self, url: str) -> dict:
+        self.proc.stdin.write(url + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def worker() -> None:
+    """The `--worker` side of `Worker`: the tool is the one under BENCH_BROWSER_CODE."""
+    assert BrowserTool.__module__.startswith("tools.") and Path(sys.modules["tools"].__file__).is_relative_to(CODE)
+    tool = BrowserTool(allow_private_network=True, max_page_chars=10**9, page_timeout=30)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-browser-")
+    ctx = ToolContext(workdir=Path(tmp.name), artifacts_dir=Path(tmp.name))
+    tool.setup()
+    try:
+        for line in sys.stdin:
+            url = line.strip()
+            if not url:
+                print(json.dumps({"ready": True}), flush=True)
+                continue
+            start = time.perf_counter()
+            result = tool.call(f'open_url("{url}")', ctx)
+            seconds = time.perf_counter() - start
+            text = "" if result.is_error else tool.sources.get(result.metadata["sources"][0]["id"]).text
+            print(json.dumps({"seconds": seconds, "text": text, "error": result.is_error}), flush=True)
+    finally:
+        tool.close()
+        tmp.cleanup()
 
 
 def compare(rev: str, keys: list[str], articles: dict, as_json: bool) -> None:
-    """Open the same pages with `rev`'s session and today's, interleaved (alternating which goes
+    """Open the same pages with `rev`'s browser and today's, interleaved (alternating which goes
     first), so both see the same machine load; print medians and their ratio."""
-    from tools.builtin.browser import session as now
-    from tools.builtin.browser.policy import UrlPolicy
-
-    sessions = {rev: session_at(rev).BrowserSession(UrlPolicy(allow_private_network=True), page_timeout=30),
-                "now": now.BrowserSession(UrlPolicy(allow_private_network=True), page_timeout=30)}
-    times = {k: [] for k in sessions}
-    scores = {k: [] for k in sessions}
+    then = export(rev)
+    workers = {rev: Worker(then), "now": Worker(ROOT)}
+    times = {k: [] for k in workers}
+    scores = {k: [] for k in workers}
     try:
-        for s in sessions.values():
-            s.start()
         with Site(article_routes(articles)) as site:
-            for s in sessions.values():  # first page warms imports
-                s.open(site.url("/" + keys[0] + ".html") + "?warm", time.monotonic() + 30)
+            for w in workers.values():  # first page warms imports
+                w.ask(site.url("/" + keys[0] + ".html") + "?warm")
             for i, k in enumerate(keys):
-                for name in (list(sessions)[:: 1 if i % 2 else -1]):
-                    start = time.perf_counter()
-                    page = sessions[name].open(site.url(f"/{k}.html"), time.monotonic() + 30)
-                    times[name].append(time.perf_counter() - start)
-                    scores[name].append(score_page(page.text, articles[k]["articleBody"]))
+                for name in (list(workers)[:: 1 if i % 2 else -1]):
+                    answer = workers[name].ask(site.url(f"/{k}.html"))
+                    times[name].append(answer["seconds"])
+                    scores[name].append(score_page(answer["text"], articles[k]["articleBody"]))
     finally:
-        for s in sessions.values():
-            s.close()
+        for w in workers.values():
+            w.close()
+        shutil.rmtree(then, ignore_errors=True)
     figures = {name: {"open_extract_ms_median": 1000 * statistics.median(times[name]),
                       "open_extract_ms_p90": 1000 * statistics.quantiles(times[name], n=10)[-1],
-                      "f1": summarize(scores[name]).f1} for name in sessions}
+                      "f1": summarize(scores[name]).f1} for name in workers}
     figures["now_over_then"] = statistics.median(times["now"]) / statistics.median(times[rev])
     if as_json:
         print(json.dumps(figures, indent=2))
         return
-    for name in sessions:
+    for name in workers:
         f = figures[name]
         print(f"{name:>10}  open + extract median {f['open_extract_ms_median']:.0f} ms"
               f"  (p90 {f['open_extract_ms_p90']:.0f} ms)  F1 {f['f1']:.4f}")
@@ -119,8 +162,12 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=0, help="open only the first N fixtures (0: all 181)")
     ap.add_argument("--launches", type=int, default=3, help="how many launches to time")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    ap.add_argument("--against", metavar="REV", help="compare the session at git revision REV with today's")
+    ap.add_argument("--against", metavar="REV", help="compare the browser at git revision REV with today's")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        worker()
+        return
 
     articles = load_articles()
     keys = sorted(articles)[: args.pages or None]

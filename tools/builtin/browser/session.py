@@ -325,7 +325,10 @@ class BrowserSession:
                     log.debug("closing %s: %s", type(obj).__name__, e)
         self._pw = self._browser = self._context = None
         self._idle = []
-        self._lookups = {}  # futures of this loop; a relaunch may run on another
+        lookups, self._lookups = list(self._lookups.values()), {}  # tasks of this loop; a relaunch may run on another
+        for lookup in lookups:
+            lookup.cancel()  # a stalled DNS lookup: its thread ends on its own, nothing waits for it
+        await asyncio.gather(*lookups, return_exceptions=True)
 
     async def _open_many(self, urls: list[str], deadline: float) -> list[Page | BrowseError]:
         async def one(url: str) -> Page | BrowseError:
