@@ -107,6 +107,32 @@ def test_int8_linear_runs_on_a_weight_aligned_as_a_mapped_file_may_be(offset):
     assert torch.allclose(lin(x).float(), ref, atol=0.3, rtol=0.02)
 
 
+def test_quantized_float32_model_keeps_its_16bit_embedding_with_the_same_outputs(tmp_path, glm4_dir):
+    # GLM-4-9B at float32 activations: a float32 table would hold 2.3 GiB instead of 1.16.
+    from glm_runtime.decoder import Decoder
+
+    path = build_random_quantized_checkpoint(tmp_path / "q", tokenizer_dir=glm4_dir, seed=2, **SHAPE)
+    engine = load_engine(path, dtype="float32", device="cpu")
+    emb = engine.model.model.embed_tokens
+    assert emb.weight.dtype == torch.bfloat16 and engine.model.model.norm.weight.dtype == torch.float32
+    ids = [151331, 151333, 151336, 9707, 11, 1879, 151337]
+    logits = engine.next_token_logits(ids)
+    step = engine.next_token_logits(ids + [9707])  # one token after the cached prompt: the decoder's step
+    engine.reset_cache()
+    greedy = list(engine.generate(ids, max_new_tokens=6, stop_ids=[]))
+    assert engine.decoder is not None and engine.last_stats.decode_steps == 5
+
+    # The reference: the whole table upcast at load, as before.
+    emb._forward_hooks.clear()
+    emb.weight = torch.nn.Parameter(emb.weight.float(), requires_grad=False)
+    engine.decoder = Decoder.from_model(engine.model)
+    engine.reset_cache()
+    assert torch.equal(engine.next_token_logits(ids), logits)
+    assert torch.equal(engine.next_token_logits(ids + [9707]), step)
+    engine.reset_cache()
+    assert list(engine.generate(ids, max_new_tokens=6, stop_ids=[])) == greedy
+
+
 def _rss_file() -> int:
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssFile:"))
     return int(line.split()[1]) * 1024
