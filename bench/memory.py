@@ -9,12 +9,14 @@
    reading `/proc/self/status` at each stage: VmRSS (resident now, split into anonymous and
    file-backed pages) and VmHWM (the peak).
 3. Report the checkpoint's bytes on disk, the model's own tensor bytes, resident memory after load,
-   after generating and with every weight read (the largest is `resident_gib`), the peak, load seconds, rough prefill/decode tok/s, and whether resident
-   memory stays within the target (GLM-4-9B at INT4: 6.5 GiB).
+   after generating and with every weight read (the largest is `resident_gib`), the peak, load
+   seconds, rough prefill/decode tok/s, and whether resident memory stays within the target
+   (GLM-4-9B at INT4: 6.5 GiB).
 
-    python3 bench/memory.py --shape 9b            # GLM-4-9B: ~5.5 GB checkpoint, ~10-20 min to build
-    python3 bench/memory.py --shape 1b --json     # the 0.93B shape of bench/engine.py (a minute)
+    python3 bench/memory.py --shape 9b            # GLM-4-9B: a 5.5 GiB checkpoint, ~25 min to build on 2 busy cores
+    python3 bench/memory.py --shape 1b --json     # the 0.93B shape of bench/engine.py (2-3 min)
     python3 bench/memory.py --shape 9b --keep     # keep the checkpoint (its path is printed) for reuse
+    python3 bench/memory.py --shape 9b --dtype float32   # what a CPU without fast bf16 runs
 
 The checkpoint goes under `--dir` (default: ~/.cache/glm-agent/bench/memory/SHAPE-int4-gG-seedS),
 is reused when complete, and is deleted afterwards unless `--keep` or it was there before this run.
