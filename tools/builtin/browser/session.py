@@ -496,8 +496,12 @@ class BrowserSession:
             allowed = True
         except BrowseError:
             allowed = False
+        except Exception as e:  # a policy that fails in another way refuses: the request is not let through
+            log.warning("policy check of %s failed: %s", url, e)
+            allowed = False
+        finally:
+            self._lookups.pop(host, None)
         self._hosts.put(host, allowed)
-        self._lookups.pop(host, None)
         return allowed
 
     async def _route(self, route, tab: "_Tab") -> None:
