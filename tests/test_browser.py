@@ -97,7 +97,7 @@ window.addEventListener('load', () => {
 RESOURCES = html("Resources", """<link rel=stylesheet href="/r/style.css">
 <style>@font-face { font-family: f; src: url(/r/font.woff); } body { font-family: f; }</style>
 <img src="/r/img.png"><iframe src="/r/frame"></iframe><video src="/r/movie.mp4"></video>
-<script src="http://localhost:PORT/r/private.js"></script>
+<script src="http://localhost:PORT/r/private.js" onerror="window.refusedFailed = true"></script>
 <article><h1>Resources</h1><p>""" + "A page that asks for every kind of resource. " * 20 + """</p>
 <script src="/r/own.js"></script>
 <script>document.write("<script src='http://localhost:PORT/r/written.js'></scr" + "ipt><p>Written by the page.</p>");</script>
@@ -106,6 +106,7 @@ RESOURCES = html("Resources", """<link rel=stylesheet href="/r/style.css">
 fetch('http://localhost:PORT/r/private.json').catch(() => {});
 const s = document.createElement('script'); s.src = 'http://localhost:PORT/r/late.js'; document.head.appendChild(s);
 document.getElementById('after').textContent += typeof privateLoaded + '.';
+setTimeout(() => { if (window.refusedFailed) document.getElementById('after').textContent += ' It failed.'; }, 100);
 </script>""")
 ROUTES = {
     "/": article("Home", "A calm page that always works."),
@@ -308,5 +309,5 @@ def test_sub_requests_are_refused_by_kind_and_by_policy_and_the_page_still_rende
     assert asked[:2] == ["/resources", "/r/own.js"]  # the document, then the only sub-request let through
     assert set(asked) == {"/resources", "/r/own.js"}, asked  # no style, font, image, frame, media; no localhost
     assert "The page's own script ran." in page.text and "Written by the page." in page.text
-    assert "Inline scripts ran after the refused one: undefined." in page.text and page.note == ""
+    assert "Inline scripts ran after the refused one: undefined. It failed." in page.text and page.note == ""
 

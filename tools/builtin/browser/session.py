@@ -76,8 +76,9 @@ _CSP_ALWAYS = ("frame-src 'none'", "object-src 'none'", "manifest-src 'none'")  
 # `<script ... src="[https:]//host/...">`: a script whose host is known before the page is parsed.
 _SCRIPT_SRC = re.compile(rb"<script\b(?=[^>]*?\ssrc\s*=\s*[\"']?\s*(?:https?:)?//([A-Za-z0-9.-]+(?::[0-9]+)?)[/\"'\s>?#])",
                          re.I)  # other hosts (IPv6, IDN, user info) are left to the route handler
-# The first of two `type`s wins, and an unknown type is never fetched nor run. No quotes: the tag
-# may sit in a script's string literal (document.write), which must still parse.
+# The first of two `type`s wins, and an unknown type is never fetched nor run; the page still gets
+# the tag's `error` event, as from a refused request (_ACTIVITY_WATCH). No quotes: the tag may sit
+# in a script's string literal (document.write), which must still parse.
 _REFUSED_TYPE = b"<script type=text/x-refused-by-policy"
 PRECHECK = 0.3  # seconds the policy may take over a page's script hosts before it is handed over
 
@@ -97,6 +98,11 @@ _ACTIVITY_WATCH = """
   const end = (id) => { if (a.pending.delete(id)) a.last = now(); };
   const JS = /^(|module|text\\/javascript|application\\/javascript|text\\/ecmascript|application\\/ecmascript)$/i;
   const script = (node) => {
+    if (node.nodeName === 'SCRIPT' && node.type === '%(refused)s' && !node.__glmSeen) {
+      node.__glmSeen = true;  // made inert before parsing: fails as the refused request would have
+      a.setTimeout(() => node.dispatchEvent(new Event('error')), 0);
+      return;
+    }
     if (node.nodeName !== 'SCRIPT' || !node.src || node.noModule || node.__glmSeen || !JS.test(node.type.trim())) return;
     node.__glmSeen = true;
     const id = begin(), done = () => end(id);
@@ -143,7 +149,7 @@ _ACTIVITY_WATCH = """
   const clearInterval = window.clearInterval;
   window.clearInterval = function (handle) { forget(handle); return clearInterval(handle); };
 })();
-""" % {"short": int(SHORT_TIMER * 1000)}
+""" % {"short": int(SHORT_TIMER * 1000), "refused": _REFUSED_TYPE.split(b"=", 1)[1].decode()}
 
 # Waits, inside the page, until nothing is pending (younger than `stalled` ms) and nothing
 # happened for `quiet` ms, or `cap` ms passed; then reads the DOM once. Scripts, styles and
