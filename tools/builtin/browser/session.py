@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import os
 import re
@@ -74,8 +75,11 @@ _CSP_BLOCKS = {"image": "img-src 'none'", "media": "media-src 'none'", "font": "
 _CSP_ALWAYS = ("frame-src 'none'", "object-src 'none'", "manifest-src 'none'")  # a frame's text is not read
 
 # `<script ... src="[https:]//host/...">`: a script whose host is known before the page is parsed.
-_SCRIPT_SRC = re.compile(rb"<script\b(?=[^>]*?\ssrc\s*=\s*[\"']?\s*(?:https?:)?//([A-Za-z0-9.-]+(?::[0-9]+)?)[/\"'\s>?#])",
-                         re.I)  # other hosts (IPv6, IDN, user info) are left to the route handler
+# Other hosts (IPv6, IDN, user info) are left to the route handler. The scan is bounded (tags
+# looked at, bytes per tag), so a hostile page of endless half-open tags costs no more than that.
+_SCRIPT_OPEN = re.compile(rb"<script\b", re.I)
+_SRC_HOST = re.compile(rb"[^>]*?\ssrc\s*=\s*[\"']?\s*(?:https?:)?//([A-Za-z0-9.-]+(?::[0-9]+)?)[/\"'\s>?#]", re.I)
+MAX_SCRIPT_TAGS, TAG_BYTES = 500, 2000
 # The first of two `type`s wins, and an unknown type is never fetched nor run; the page still gets
 # the tag's `error` event, as from a refused request (_ACTIVITY_WATCH). No quotes: the tag may sit
 # in a script's string literal (document.write), which must still parse.
@@ -456,19 +460,24 @@ class BrowserSession:
         """
         scheme = urlsplit(doc.url).scheme
         wait = max(0.0, min(PRECHECK, deadline - time.monotonic()))
-        hosts: dict[str, asyncio.Future] = {}
-        for m in _SCRIPT_SRC.finditer(doc.body):
-            netloc = m.group(1).decode("ascii")
-            if netloc not in hosts:
-                hosts[netloc] = asyncio.ensure_future(self._verdict(f"{scheme}://{netloc}/", wait))
+        tags: list[tuple[int, str]] = []  # (where `<script` starts, the host of its src)
+        for m in itertools.islice(_SCRIPT_OPEN.finditer(doc.body), MAX_SCRIPT_TAGS):
+            src = _SRC_HOST.match(doc.body, m.end(), m.end() + TAG_BYTES)
+            if src:
+                tags.append((m.start(), src.group(1).decode("ascii")))
+        hosts = {netloc: asyncio.ensure_future(self._verdict(f"{scheme}://{netloc}/", wait)) for netloc in
+                 dict.fromkeys(netloc for _, netloc in tags)}
         if not hosts:
             return doc.body
         await asyncio.wait(hosts.values())
-        refused = {n for n, f in hosts.items() if f.result() is False}
+        refused = [at for at, netloc in tags if hosts[netloc].result() is False]
         if not refused:
             return doc.body
-        return _SCRIPT_SRC.sub(lambda m: _REFUSED_TYPE if m.group(1).decode("ascii") in refused else m.group(0),
-                               doc.body)
+        parts, last = [], 0
+        for at in refused:
+            parts += [doc.body[last:at], _REFUSED_TYPE]
+            last = at + len(b"<script")
+        return b"".join(parts + [doc.body[last:]])
 
     async def _allowed(self, url: str) -> bool:
         """May the page fetch this sub-resource? Every address must pass the policy.
