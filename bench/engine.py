@@ -19,6 +19,8 @@ In one run, on one checkpoint (built once, bf16 safetensors, the real GLM-4 toke
     python3 bench/engine.py --size tiny      # a smoke run (seconds)
     python3 bench/engine.py --json           # every figure as one JSON object
     python3 bench/engine.py --size 9b        # GLM-4-9B's real shape, built layer by layer (~19 GB disk)
+    python3 bench/engine.py --variants '' --cold-variant '' --no-llamacpp --interleave 8
+                                             # only INT4 vs llama.cpp decode, in turn (a busy machine)
 
 Figures on a shared machine are noisy: compare the variants as ratios within one run.
 
@@ -277,6 +279,95 @@ def cold_start(args, workdir: Path) -> dict:
     return out
 
 
+# ---- decode, interleaved with llama.cpp (a loaded machine) ----
+
+DUEL_KINDS = ("int4", "int4_model_forward", "Q4_K_M", "Q4_0")
+
+
+def duel_worker(args) -> None:
+    """A long-lived process timing one kind's decode each time a line arrives on stdin (printed as JSON)."""
+    import torch
+
+    kind = args.duel_worker
+    if kind.startswith("int4"):
+        from glm_runtime.engine import load_engine
+
+        engine = load_engine(args.checkpoint, quantize="int4", dtype="bfloat16", device="cpu")
+        if kind == "int4_model_forward":
+            engine.decoder = None
+
+        def once() -> float:
+            engine.reset_cache()
+            list(engine.generate(_random_ids(args.prompt_tokens, 200), max_new_tokens=args.new_tokens, stop_ids=[]))
+            return engine.last_stats.decode_tok_s
+    else:
+        import random
+
+        import llama_cpp
+        from llamacpp import _greedy_next, _rope_theta
+
+        threads = torch.get_num_threads()
+        llm = llama_cpp.Llama(model_path=str(Path(args.workdir) / f"{kind}.gguf"),
+                              n_ctx=args.prompt_tokens + args.new_tokens + 16, n_batch=args.prompt_tokens,
+                              n_ubatch=args.prompt_tokens, n_threads=threads, n_threads_batch=threads,
+                              rope_freq_base=_rope_theta(Path(args.checkpoint)) or 0.0, verbose=False)
+
+        def once() -> float:
+            rng = random.Random(0)
+            llm.reset()
+            llm.eval([rng.randrange(151000) for _ in range(args.prompt_tokens)])
+            t = time.perf_counter()
+            for _ in range(args.new_tokens):
+                llm.eval([_greedy_next(llm)])
+            return args.new_tokens / (time.perf_counter() - t)
+    once()  # warm-up
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(once()), flush=True)
+
+
+def interleaved(args, workdir: Path) -> dict:
+    """Decode tok/s of our INT4 (hand-written step, and the model's forward per step) and llama.cpp
+    Q4_K_M / Q4_0, each in its own long-lived process, timed in turn round by round: on a busy
+    machine every round's ratio compares runs seconds apart. Medians and per-round ratios."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from llamacpp import Unavailable, convert, quantize
+
+    try:
+        bf16 = convert(args.checkpoint, workdir / "model.bf16.gguf")
+        for q in ("Q4_K_M", "Q4_0"):
+            quantize(bf16, workdir / f"{q}.gguf", q)
+    except Unavailable as exc:
+        return {"skipped": str(exc)}
+    bf16.unlink()
+    procs = {}
+    try:
+        for kind in DUEL_KINDS:
+            cmd = [sys.executable, __file__, "--duel-worker", kind, "--checkpoint", str(args.checkpoint),
+                   "--workdir", str(workdir), "--prompt-tokens", str(args.prompt_tokens),
+                   "--new-tokens", str(args.new_tokens)]
+            procs[kind] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL, text=True)
+            if procs[kind].stdout.readline().strip() != "ready":
+                return {"error": f"the {kind} worker did not start"}
+        runs: dict[str, list[float]] = {k: [] for k in DUEL_KINDS}
+        for _ in range(args.interleave):
+            for kind, proc in procs.items():
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                runs[kind].append(round(json.loads(proc.stdout.readline()), 2))
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+    out: dict = {"rounds": args.interleave, "decode_runs": runs,
+                 "decode_tok_s": {k: round(_median(v), 2) for k, v in runs.items()}}
+    for other in ("Q4_K_M", "Q4_0", "int4_model_forward"):
+        per_round = [round(a / b, 2) for a, b in zip(runs["int4"], runs[other]) if b]
+        out[f"int4_over_{other.lower()}"] = {"median": round(_median(per_round), 2), "per_round": per_round}
+    return out
+
+
 # ---- the driver ----
 
 def run_variant(variant: str, args, workdir: Path, *, loop: bool) -> dict:
@@ -312,12 +403,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--loop", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cold-variant", default="int4", help="the variant of the cold-start case ('' skips it)")
     p.add_argument("--cold", help=argparse.SUPPRESS)  # worker: 'none' or the prompt-cache directory
+    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                   help="also time INT4 decode against llama.cpp Q4_K_M/Q4_0 in turn, ROUNDS rounds (busy machines)")
+    p.add_argument("--duel-worker", choices=DUEL_KINDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.cold:
         print(json.dumps(cold_worker(args)))
         return {}
     if args.worker:
         print(json.dumps(worker(args)))
+        return {}
+    if args.duel_worker:
+        duel_worker(args)
         return {}
 
     workdir = Path(tempfile.mkdtemp(prefix="glm-bench-"))
@@ -339,6 +436,11 @@ def main(argv: list[str] | None = None) -> dict:
             report["cold_start"] = cold_start(args, workdir)
         if not args.no_llamacpp:
             _llama_cpp(report, args)
+        if args.interleave > 0:
+            report["interleaved"] = interleaved(args, workdir)
+            r = report["interleaved"].get("int4_over_q4_k_m")
+            if r:
+                report["int4_over_llamacpp_q4_k_m_decode_interleaved"] = r["median"]
         _run_extensions(report, args)
         if args.keep:
             kept = Path(tempfile.gettempdir()) / f"glm4-bench-{args.size}"
