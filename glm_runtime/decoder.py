@@ -194,4 +194,3 @@ def _fuse_int4(modules: list[Int4Linear]) -> Int4Linear:
         start += tiles
     page_out(replaced)  # the mapped originals read above would stay resident beside the copy
     return Int4Linear.from_packed(packed, bias)
-
