@@ -150,7 +150,10 @@ def test_ctrl_c_cancels_the_run_and_the_last_event_says_so(tmp_path):
             [sys.executable, "-m", "agent.cli", "run", "talk", "--json", "--backend-url", server.url,
              "--enable", "none", "--sessions-dir", str(tmp_path / "s")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
-            env=os.environ | {"PYTHONPATH": str(root)})
+            env=os.environ | {"PYTHONPATH": str(root)},
+            # As in a terminal: a test run started in the background (`pytest &`, nohup) inherits SIGINT
+            # ignored, and Python then never raises KeyboardInterrupt, which is what Ctrl-C is here.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         lines = []
         for line in proc.stdout:
             lines.append(json.loads(line))
