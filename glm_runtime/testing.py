@@ -74,13 +74,10 @@ def build_random_checkpoint(
 
     if format not in ("glm", "glm4", "chatglm"):
         raise ValueError(f"unknown checkpoint format {format!r}; expected glm, glm4 or chatglm")
-    if hidden_size % num_heads or num_heads % num_kv_heads:
-        raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+    shape = _shape(hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size, rope_theta,
+                   eos_ids)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    shape = dict(hidden=hidden_size, layers=num_layers, heads=num_heads, kv_heads=num_kv_heads,
-                 ffn=intermediate_size, vocab=vocab_size, rope_theta=rope_theta,
-                 eos=[int(i) for i in eos_ids])
     weights = _random_glm_weights(shape, seed=seed, extra_norms=(format == "glm4"))
     if format == "chatglm":
         weights = _glm_to_chatglm_names(weights, num_layers)
@@ -131,11 +128,8 @@ def build_random_quantized_checkpoint(
 
     if format not in ("glm", "glm4"):
         raise ValueError(f"format must be glm or glm4 (the layouts save_quantized writes), got {format!r}")
-    if hidden_size % num_heads or num_heads % num_kv_heads:
-        raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
-    shape = dict(hidden=hidden_size, layers=num_layers, heads=num_heads, kv_heads=num_kv_heads,
-                 ffn=intermediate_size, vocab=vocab_size, rope_theta=rope_theta,
-                 eos=[int(i) for i in eos_ids])
+    shape = _shape(hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size, rope_theta,
+                   eos_ids)
     torch_dtype = getattr(torch, dtype)
     quant = QuantConfig(bits=bits, group_size=group_size, source=f"glm_runtime.testing random weights, seed {seed}")
     with tempfile.TemporaryDirectory(prefix="random-float-") as src:
@@ -151,6 +145,13 @@ def build_random_quantized_checkpoint(
         tensors = ((n, t.to(torch_dtype)) for n, t in
                    _iter_random_glm_weights(shape, seed=seed, extra_norms=format == "glm4"))
         return save_quantized(ckpt, path, quant, progress=progress, tensors=tensors)
+
+
+def _shape(hidden, layers, heads, kv_heads, ffn, vocab, rope_theta, eos_ids) -> dict:
+    if hidden % heads or heads % kv_heads:
+        raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+    return dict(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, ffn=ffn, vocab=vocab,
+                rope_theta=rope_theta, eos=[int(i) for i in eos_ids])
 
 
 def _names_only(shape: dict) -> dict:
