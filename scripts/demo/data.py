@@ -59,9 +59,48 @@ def builtin_specs(names) -> list[ToolSpec]:
 
 # ---- shared pools -----------------------------------------------------------------------------
 
-def _half(items: list, split: str) -> list:
-    """Training gets the even positions, held-out evaluation the odd ones."""
-    return items[0::2] if split == "train" else items[1::2]
+def _half(items: list, split: str, extra: tuple = ()) -> list:
+    """Training gets the even positions (and `extra`, phrasings only ever trained on), held-out
+    evaluation the odd ones."""
+    return items[0::2] + list(extra) if split == "train" else items[1::2]
+
+
+# Training-only phrasings: more ways of asking the same thing, so that a model this small learns the
+# cue of each kind of request rather than a handful of sentences. None of them is an evaluation phrasing.
+_MORE = {
+    "arith_en": ["{a} {op} {b}", "Quick: {a} {op} {b}?", "Work out {a} {op} {b} for me.", "What do you get for {a} {op} {b}?",
+                 "Find {a} {op} {b}.", "Evaluate {a} {op} {b}.", "Could you compute {a} {op} {b}?", "Result of {a} {op} {b}?",
+                 "I need {a} {op} {b}.", "Do the math: {a} {op} {b}."],
+    "arith_zh": ["{a} {op} {b}", "{a} {op} {b} 得多少？", "帮我算 {a} {op} {b}", "请计算 {a} {op} {b} 的值", "{a} {op} {b} 结果是多少",
+                 "算出 {a} {op} {b}", "告诉我 {a} {op} {b} 等于几"],
+    "sum_en": ["Total of {items}?", "Please sum {items}.", "Sum of {items}?", "Add {items} together."],
+    "sum_zh": ["{items} 加起来是多少？", "请求和：{items}", "{items} 的总数"],
+    "max_en": ["Max of {items}?", "Which of {items} is largest?", "Largest number among {items}?", "Find the biggest of {items}."],
+    "max_zh": ["{items} 哪个最大？", "{items} 的最大数", "最大值：{items}"],
+    "min_en": ["Min of {items}?", "Which of {items} is smallest?", "Smallest number among {items}?", "Find the lowest of {items}."],
+    "min_zh": ["{items} 哪个最小？", "{items} 的最小数", "最小值：{items}"],
+    "mean_en": ["Mean of {items}?", "Average of {items}, please.", "Calculate the average of {items}.", "What is the mean of {items}?"],
+    "mean_zh": ["{items} 的平均是多少？", "求平均：{items}", "{items} 平均下来是多少"],
+    "sort_en": ["Order {items} from low to high.", "Sort {items}.", "Please sort {items} ascending.", "{items} sorted, please."],
+    "sort_zh": ["{items} 排个序", "把 {items} 排序", "升序排列 {items}"],
+    "len_en": ["Length of '{w}'?", "How many characters does '{w}' have?", "Count the letters of '{w}'.", "len of '{w}'?"],
+    "len_zh": ["'{w}' 有多少个字母？", "'{w}' 的字符数是多少？", "计算 '{w}' 的长度"],
+    "pow_en": ["{a} to the {b}th power?", "Compute {a} to the power {b}.", "{a} ** {b} = ?", "Raise {a} to the power of {b}."],
+    "pow_zh": ["{a} 的 {b} 次方", "算 {a} 的 {b} 次方", "{a} 的 {b} 次幂是多少？"],
+    "search_en": ["Please look up {t}.", "Look {t} up online.", "Search about {t}.", "Find news about {t}.", "Web search: {t}.",
+                  "Look up information on {t}.", "Browse for {t}.", "Can you look up {t}?", "Find pages about {t}.",
+                  "Search online for {t}.", "Do a web search on {t}.", "What does the web say about {t}?"],
+    "search_zh": ["搜{t}", "上网搜索{t}", "搜索一下{t}", "查查{t}的资料", "网上查一下{t}", "查一查{t}", "帮我上网查{t}", "搜索关于{t}的新闻",
+                  "找一下{t}的资料", "在网上查{t}"],
+    "draw_en": ["Draw me a {x}.", "Please draw a {x}.", "Picture of a {x}, please.", "Make an image of a {x}.",
+                "Generate a picture of a {x}.", "Could you paint a {x}?", "An image of a {x}, please.", "Sketch a {x}.",
+                "I want a picture of a {x}.", "Render a {x}.", "Create a picture of a {x}."],
+    "draw_zh": ["画{x}", "画一张{x}", "请生成一张{x}的图", "帮我生成{x}的图片", "给我画一个{x}", "我想要{x}的图", "生成{x}的画", "画一幅{x}"],
+    "fn_en": ["Give me the {thing} for {args}.", "Please get the {thing} for {args}.", "The {thing} for {args}?",
+              "Show the {thing} for {args}.", "Can you tell me the {thing} for {args}?", "Fetch the {thing} for {args}.",
+              "Query the {thing} for {args}.", "Report the {thing} for {args}."],
+    "fn_zh": ["{args} 的{thing}", "获取 {args} 的{thing}", "告诉我 {args} 的{thing}是多少", "看看 {args} 的{thing}", "查一下 {args} 的{thing}"],
+}
 
 
 def _date(rng: random.Random) -> str:
@@ -136,21 +175,21 @@ def _python_task(rng: random.Random, lang: str, split: str) -> tuple[str, str, s
         op = rng.choice(list(_OPS))
         a, b = rng.randint(2, 999), rng.randint(2, 99 if op == "*" else 999)
         shown = rng.choice([op, op, _OPS[op][0 if lang == "en" else 1]]) if op != "*" else rng.choice(["*", "*", "×", _OPS[op][0 if lang == "en" else 1]])
-        request = rng.choice(_half(_ARITH[lang], split)).format(a=a, op=shown, b=b)
+        request = rng.choice(_half(_ARITH[lang], split, _MORE["arith_" + lang])).format(a=a, op=shown, b=b)
         v = str(eval(f"{a} {op} {b}"))  # noqa: S307 - our own digits and operator
         answer = f"{a} {shown} {b} = {{v}}." if lang == "en" else f"{a} {shown} {b} = {{v}}。"
         return request, f"print({a} {op} {b})", v, answer
     if kind == "pow":
         a, b = rng.randint(2, 30), rng.randint(2, 6)
         request = (rng.choice(_half(["What is {a} to the power of {b}?", "Compute {a} ** {b}.",
-                                     "What is {a} raised to the {b}?", "Calculate {a}^{b}."], split))
+                                     "What is {a} raised to the {b}?", "Calculate {a}^{b}."], split, _MORE["pow_en"]))
                    if lang == "en" else rng.choice(_half(["{a} 的 {b} 次方是多少？", "计算 {a} 的 {b} 次幂",
-                                                          "求 {a}^{b}", "{a} 的 {b} 次方等于几？"], split)))
+                                                          "求 {a}^{b}", "{a} 的 {b} 次方等于几？"], split, _MORE["pow_zh"])))
         request = request.format(a=a, b=b)
         return request, f"print({a} ** {b})", str(a**b), ("{a}^{b} = {{v}}." if lang == "en" else "{a}^{b} = {{v}}。").format(a=a, b=b)
     if kind == "len":
-        w = rng.choice(_half(_WORDS, split))
-        request = rng.choice(_half(_LEN_EN if lang == "en" else _LEN_ZH, split)).format(w=w)
+        w = rng.choice(_half(_WORDS, split)) if split == "eval" or rng.random() < 0.5 else _pseudo_word(rng)
+        request = rng.choice(_half(_LEN_EN if lang == "en" else _LEN_ZH, split, _MORE["len_" + lang])).format(w=w)
         answer = f"'{w}' has {{v}} characters." if lang == "en" else f"'{w}' 有 {{v}} 个字符。"
         return request, f"print(len('{w}'))", str(len(w)), answer
     task = rng.choice(list(_LIST_TASKS))
@@ -160,7 +199,7 @@ def _python_task(rng: random.Random, lang: str, split: str) -> tuple[str, str, s
     items = sep.join(map(str, nums))
     if lang == "en" and rng.random() < 0.5:
         items = ", ".join(map(str, nums[:-1])) + " and " + str(nums[-1])
-    request = rng.choice(_half(en if lang == "en" else zh, split)).format(items=items)
+    request = rng.choice(_half(en if lang == "en" else zh, split, _MORE[f"{task}_{lang}"])).format(items=items)
     lst = "[" + ", ".join(map(str, nums)) + "]"
     v = {"sum": lambda: str(sum(nums)), "max": lambda: str(max(nums)), "min": lambda: str(min(nums)),
          "mean": lambda: str(sum(nums) / len(nums)), "sort": lambda: str(sorted(nums))}[task]()
@@ -204,7 +243,40 @@ _FILL_EN = ["Researchers continue to collect new data.", "Local groups publish u
 _FILL_ZH = ["研究人员仍在收集新的数据。", "当地机构每年发布更新。", "完整报告中列出了更多细节。"]
 
 
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwxz", "aeiou"
+
+
+def _held_out_words() -> tuple[set[str], set[str]]:
+    """Words and syllables only the evaluation draws, which made-up training words must avoid."""
+    words = {w for t in _TOPIC_A[1::2] + _TOPIC_N[1::2] for w in t.split()} | set(_WORDS[1::2])
+    return words, set(_FN_SYLL[1::2])
+
+
+def _pseudo_word(rng: random.Random) -> str:
+    """A made-up word of 1-3 syllables that contains no held-out word or syllable."""
+    words, sylls = _held_out_words()
+    while True:
+        w = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + (rng.choice(_CONSONANTS) if rng.random() < 0.4 else "")
+                    for _ in range(rng.randint(1, 3)))
+        if len(w) >= 3 and w not in words and not any(x in w for x in sylls):
+            return w
+
+
+def _zh_chars() -> str:
+    """A fixed pool of CJK characters for made-up Chinese topics, without the held-out topics' characters."""
+    held = set("".join(_TOPIC_ZH_A[1::2] + _TOPIC_ZH_N[1::2]))
+    pool = random.Random("zh-chars").sample(range(0x4E00, 0x9FA6), 900)
+    return "".join(c for c in map(chr, pool) if c not in held)
+
+
+_ZH_POOL = _zh_chars()
+
+
 def _topic(rng: random.Random, lang: str, split: str) -> str:
+    if split == "train" and rng.random() < 0.4:  # made-up topics: learn to copy any words, not these
+        if lang == "en":
+            return " ".join(_pseudo_word(rng) for _ in range(rng.choice([1, 2, 2, 3])))
+        return "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(2, 5)))
     if lang == "en":
         return f"{rng.choice(_half(_TOPIC_A, split))} {rng.choice(_half(_TOPIC_N, split))}"
     return rng.choice(_half(_TOPIC_ZH_A, split)) + rng.choice(_half(_TOPIC_ZH_N, split))
@@ -213,7 +285,7 @@ def _topic(rng: random.Random, lang: str, split: str) -> str:
 def browser_task(rng: random.Random, lang: str, split: str) -> dict[str, Any]:
     """A topic, the request, and the search results and pages a local server would serve for it."""
     t = _topic(rng, lang, split)
-    request = rng.choice(_half(_SEARCH_EN if lang == "en" else _SEARCH_ZH, split)).format(t=t)
+    request = rng.choice(_half(_SEARCH_EN if lang == "en" else _SEARCH_ZH, split, _MORE["search_" + lang])).format(t=t)
     results = []
     for k in range(rng.randint(3, 5)):
         site = rng.choice(_SITES)
@@ -304,8 +376,8 @@ def cogview_task(rng: random.Random, lang: str, split: str) -> dict[str, Any]:
             break
     en = f"{_ADJ[a][0]} {_NOUN[n][0]} {_SCENE[s][0]}"
     zh = f"{_SCENE[s][1]}的{_ADJ[a][1]}{_NOUN[n][1]}"
-    request = rng.choice(_half(_DRAW_EN if lang == "en" else _DRAW_ZH, split)).format(x=en if lang == "en" else zh)
-    prompt = f"A {en}, {_STYLE[(a + n + s) % len(_STYLE)]}."
+    request = rng.choice(_half(_DRAW_EN if lang == "en" else _DRAW_ZH, split, _MORE["draw_" + lang])).format(x=en if lang == "en" else zh)
+    prompt = f"A {en}, {_STYLE[a % len(_STYLE)]}."  # the style follows the adjective: learnable
     answer = f"Here is the picture of a {en}." if lang == "en" else f"这是为你生成的{zh}的图片。"
     return {"request": request, "prompt": prompt, "answer": answer, "words": en.split()}
 
@@ -350,7 +422,10 @@ _FN_ANS_ZH = "{args} 的{thing}是 {v}。"
 def _function(rng: random.Random, split: str) -> tuple[ToolSpec, dict[str, Any]]:
     """A user function with a random name and 1-2 parameters: its spec and its definition."""
     sylls = _half(_FN_SYLL, split)
-    name = f"{rng.choice(_FN_VERB)}_{rng.choice(sylls)}{rng.choice(sylls)}"
+    if split == "train" and rng.random() < 0.5:  # made-up syllables too: copy names, don't memorize them
+        name = f"{rng.choice(_FN_VERB)}_{_pseudo_word(rng)}"
+    else:
+        name = f"{rng.choice(_FN_VERB)}_{rng.choice(sylls)}{rng.choice(sylls)}"
     if rng.random() < 0.5:
         name += f"_{rng.choice(['info', 'data', 'value', 'stats', 'now', 'v2'])}"
     thing = rng.choice(_THINGS)
@@ -386,14 +461,19 @@ def function_task(rng: random.Random, lang: str, split: str) -> dict[str, Any]:
     spec, defn = _function(rng, split)
     args: dict[str, Any] = {}
     for p, t in defn["params"]:
-        args[p] = rng.randint(1, 9999) if t == "integer" else rng.choice(_STR_VALUES)
+        if t == "integer":
+            args[p] = rng.randint(1, 9999)
+        elif split == "train" and rng.random() < 0.3:
+            args[p] = _pseudo_word(rng).title()
+        else:
+            args[p] = rng.choice(_STR_VALUES)
     if lang == "en":
         said = " and ".join(f"{p.replace('_', ' ')} {v}" for p, v in args.items())
-        request = rng.choice(_half(_FN_ASK_EN, split)).format(thing=defn["thing"][0], args=said)
+        request = rng.choice(_half(_FN_ASK_EN, split, _MORE["fn_en"])).format(thing=defn["thing"][0], args=said)
         answer = _FN_ANS_EN.format(thing=defn["thing"][0], args=said, v="{v}")
     else:
         said = "、".join(f"{p} {v}" for p, v in args.items())
-        request = rng.choice(_half(_FN_ASK_ZH, split)).format(thing=defn["thing"][1], args=said)
+        request = rng.choice(_half(_FN_ASK_ZH, split, _MORE["fn_zh"])).format(thing=defn["thing"][1], args=said)
         answer = _FN_ANS_ZH.format(thing=defn["thing"][1], args=said, v="{v}")
     return {"spec": spec, "defn": defn, "args": args, "request": request, "answer": answer}
 
@@ -438,9 +518,26 @@ _PLAIN = {
 }
 
 
+_PLAIN_MORE = {  # training-only, in the order of _PLAIN's groups
+    "en": [["Hi there", "Hello there", "Hey!", "Good afternoon", "Howdy", "Greetings", "Hi, assistant", "Yo"],
+           ["Who is this?", "Tell me about yourself.", "Are you a bot?", "Which model are you?", "What model is this?"],
+           ["Thanks", "Thank you!", "Many thanks.", "Thanks so much!", "Cheers, thanks", "Thank you very much"],
+           ["How are things?", "How's it going?", "Are you ok?", "How do you do?", "Is anyone there?"],
+           ["Goodbye", "Bye!", "See you", "Farewell", "Good night", "Later!"],
+           ["What can you help with?", "What are you able to do?", "Help me", "What do you do?", "Show me what you can do."]],
+    "zh": [["你好！", "嗨，你好", "下午好", "喂", "哈喽你好", "大家好"],
+           ["你是谁", "你是什么模型？", "请介绍一下自己", "你是机器人吗？", "你叫啥？"],
+           ["谢谢！", "感谢", "太感谢了", "谢啦", "多谢你"],
+           ["你好吗", "过得好吗？", "最近好吗？", "你怎么样？", "有人吗？"],
+           ["再见！", "拜拜！", "明天见", "晚安", "先走了，再见"],
+           ["你能干什么？", "你可以帮我做什么？", "你有哪些本领？", "帮我一下", "你会些什么？"]],
+}
+
+
 def _plain(rng: random.Random, lang: str, split: str) -> Example:
-    asks, answer = rng.choice(_PLAIN[lang])
-    request = rng.choice(_half(asks, split))
+    group = rng.randrange(len(_PLAIN[lang]))
+    asks, answer = _PLAIN[lang][group]
+    request = rng.choice(_half(asks, split, _PLAIN_MORE[lang][group]))
     msgs = [Message("system", _date(rng)), Message("user", request), Message("assistant", answer)]
     fn = [_function(rng, split)[0]] if rng.random() < 0.2 else []
     return Example("plain", lang, msgs, _tools_for(rng, set(), fn), [False, False, True],
