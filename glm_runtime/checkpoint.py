@@ -360,6 +360,8 @@ def load_model(ckpt: Checkpoint, *, dtype: torch.dtype, device: str | torch.devi
             _set_tensor(model, name, t, dtype, device)
         if progress:
             progress(min(done, total), total)
+    if getattr(model.config, "tie_word_embeddings", False) and model.lm_head.weight.device.type == "meta":
+        model.lm_head.weight = model.model.embed_tokens.weight  # tied: stored once, as the embedding
     _check_complete(model, ckpt)
     for buf_owner in model.modules():  # non-persistent buffers (RoPE frequencies) were built on CPU
         for bname, buf in list(buf_owner.named_buffers(recurse=False)):
@@ -392,7 +394,9 @@ def _embedding_stays_stored(model: nn.Module, t: torch.Tensor, quant: QuantConfi
 def _quant_targets(model: nn.Module, quant: QuantConfig) -> Iterator[str]:
     from glm_runtime.quant import quantized_linear_names
 
-    yield from quantized_linear_names(model.config.num_hidden_layers, lm_head=quant.lm_head)
+    # A tied output projection is the embedding table itself: it stays as the embedding is.
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    yield from quantized_linear_names(model.config.num_hidden_layers, lm_head=quant.lm_head and not tied)
 
 
 def _fit_group_size(quant: QuantConfig, model: nn.Module) -> QuantConfig:

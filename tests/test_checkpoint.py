@@ -62,6 +62,48 @@ def test_glm_loader_matches_transformers_own_from_pretrained(ckpts):
     torch.testing.assert_close(logits(ckpts["glm"]), expected, rtol=0, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def tied(ckpts, tmp_path_factory) -> Path:
+    """A checkpoint with tied embeddings, saved by transformers itself: no `lm_head.weight` in the file."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(ckpts["glm"])
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(cfg)
+    out = tmp_path_factory.mktemp("tied")
+    model.save_pretrained(out, safe_serialization=True)
+    for f in ckpts["glm"].iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copyfile(f, out / f.name)
+    return out
+
+
+def test_tied_checkpoint_loads_with_the_embedding_as_output_projection(tied):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    with safe_open(str(tied / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+    model = load_model(open_checkpoint(tied), dtype=torch.float32)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ref = AutoModelForCausalLM.from_pretrained(tied, dtype=torch.float32)
+    with torch.inference_mode():
+        expected = ref(torch.tensor([PROMPT])).logits[0]
+        got = model(torch.tensor([PROMPT])).logits[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_tied_checkpoint_quantizes_its_layers_and_keeps_the_tied_projection(tied, quantize):
+    from glm_runtime.engine import load_engine
+
+    engine = load_engine(tied, quantize=quantize, dtype="float32", device="cpu")
+    model = engine.model
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ != "Linear"
+
+
 def test_glm4_extra_norms_are_loaded_and_used(ckpts):
     model = load_model(open_checkpoint(ckpts["glm4"]), dtype=torch.float32)
     norm = model.model.layers[0].post_mlp_layernorm.weight
