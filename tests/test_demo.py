@@ -64,6 +64,47 @@ def _train(out: Path, *extra: str) -> str:
     return done.stdout.strip().splitlines()[-1].split("weights sha256 ")[1]
 
 
+@pytest.mark.engine
+def test_segment_attention_is_the_packed_mask_without_building_it():
+    """Training packs conversations into rows; each attends only to itself. `segment_attention`
+    must give exactly transformers' own block-diagonal mask's loss and gradients."""
+    import random
+
+    import torch
+    import train
+    from transformers import GlmConfig, GlmForCausalLM
+
+    rng = random.Random(0)
+    encoded = []
+    for n in (37, 120, 64, 9, 200, 75):
+        ids = [rng.randrange(14, 300) for _ in range(n)]
+        encoded.append((ids, [t if rng.random() < 0.3 else -100 for t in ids]))
+    rows = train.batches(encoded, 2 * 256, 256, random.Random(1))
+    ids, labels, pos, segments = train.collate(encoded, max(rows, key=len), 0)
+    assert len(ids) == 2 and any(len(s) >= 3 for s in segments)  # two conversations and padding in a row
+    torch.manual_seed(0)
+    cfg = GlmConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, partial_rotary_factor=0.5, attention_bias=True,
+                    pad_token_id=0, eos_token_id=[0])
+    model = GlmForCausalLM(cfg)
+
+    def loss_and_grad(**kw):
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=labels, position_ids=pos, use_cache=False, **kw).loss
+        loss.backward()
+        return loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    ref_loss, ref_grad = loss_and_grad()  # transformers builds the block-diagonal mask from position_ids
+    train.use_segment_attention(model)
+    loss, grad = loss_and_grad(segments=segments)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+    # and attending across conversations (no segments, the whole row causal) is not the same
+    model.set_attn_implementation("sdpa")
+    leaky = model(input_ids=ids, labels=labels, position_ids=pos, use_cache=True).loss
+    assert not torch.allclose(leaky, ref_loss)
+
+
 @pytest.mark.slow
 @pytest.mark.engine
 def test_training_twice_gives_the_same_weights(tmp_path):
