@@ -43,17 +43,23 @@ def official_template() -> str:
 
 # ---- tokenizer ----------------------------------------------------------------------------------
 
-def _bare_tokenizer(template: str):
-    """Byte-level, no merges: enough to render conversations with the template."""
+def _byte_tokenizer():
+    """GLM-4's special tokens (ids 0-13), then the 256 byte symbols; no merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {t: i for i, t in enumerate(list(GLM4_SPECIAL_TOKENS) + sorted(alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=list(GLM4_SPECIAL_TOKENS))
+    return tok
+
+
+def _bare_tokenizer(template: str):
+    """Byte-level, no merges: enough to render conversations with the template."""
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=_byte_tokenizer(), additional_special_tokens=list(GLM4_SPECIAL_TOKENS))
     fast.chat_template = template
     return fast
 
@@ -120,10 +126,7 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     from glm_runtime.tokenizer import GLM4_PATTERN
 
     if kind == "bytes":
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        vocab = {t: i for i, t in enumerate(list(GLM4_SPECIAL_TOKENS) + sorted(alphabet))}
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok = _byte_tokenizer()
     elif kind == "bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -133,9 +136,9 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(GLM4_SPECIAL_TOKENS),
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tok.train_from_iterator(texts, trainer)
+        tok.decoder = decoders.ByteLevel()
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected bytes or bpe")
-    tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(p, normalized=False) for p in fixed_prose(template) + list(SCHEMA_PIECES)])
     return _save_tokenizer_files(tok, template, out)
@@ -165,7 +168,7 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
     before me" at every position, and an induction head (layer 1) at token X attends to the place
     whose previous token was X and writes out the token found there. From random weights a model
     this small sits on a long plateau before the two form together, longer than this CPU's hour
-    allows (a measured 0% held-out after 9M tokens of training). So they are built in, as weights
+    allows (measured: 0% held-out exact match in every copying category after 7.4M tokens). So they are built in, as weights
     of the unchanged GLM architecture, and training refines them and learns the rest:
 
     - the embedding uses the first 3/4 of the hidden dimensions (the token's subspace); the last
