@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 
 from sandbox.cgroup import Cgroup
@@ -61,6 +62,31 @@ def _choose_isolation(policy: Policy, caps: Capabilities) -> Policy:
         f"isolation {wanted!r} is unavailable: " + "; ".join(caps.problems)
         + ". Install bubblewrap, or pass allow_unsafe=True to run with rlimits and cgroups only."
     )
+
+
+@contextmanager
+def _closing_client_loop():
+    """Close the event loop that jupyter_client's blocking calls open in this thread, when done.
+
+    Its blocking methods run coroutines on a loop that jupyter_core creates per thread (in a
+    ContextVar) and never closes. A tool call runs in a thread of its own, so every call left an
+    open loop and its two self-pipe sockets for the garbage collector, which at interpreter exit
+    could close them in the wrong order ("Exception ignored in BaseEventLoop.__del__ ... Invalid
+    file descriptor"). A loop that was already there before is left alone.
+    """
+    try:
+        from jupyter_core.utils import _loop
+    except ImportError:  # another jupyter_core: nothing known to close
+        yield
+        return
+    before = _loop.get()
+    try:
+        yield
+    finally:
+        loop = _loop.get()
+        if loop is not None and loop is not before and not loop.is_running() and not loop.is_closed():
+            loop.close()
+            _loop.set(before)
 
 
 class _Process:
@@ -178,7 +204,7 @@ class Kernel:
 
     def start(self) -> Kernel:
         """Start the kernel and wait until it answers. Raises SandboxError when it cannot."""
-        with self._lock:
+        with self._lock, _closing_client_loop():
             first = self._jail is None
             if first:
                 self._jail = Jail(self.workdir, self.policy, self.caps)
@@ -298,7 +324,7 @@ class Kernel:
 
     def shutdown(self) -> None:
         """Kill the kernel, its children and its cgroup; return the uid and the work directory."""
-        with self._lock:
+        with self._lock, _closing_client_loop():
             self._stop()
             if self._jail is not None:
                 self._jail.release()
@@ -314,7 +340,7 @@ class Kernel:
     # ----------------------------------------------------------------- execution
     def execute(self, code: str, timeout: float | None = None, cancelled: threading.Event | None = None) -> Execution:
         """Run one cell. Never raises for what the code does; see `Execution.status`."""
-        with self._lock:
+        with self._lock, _closing_client_loop():
             if not self.alive:
                 state_lost = self.started
                 self.restart() if self.started else self.start()

@@ -100,6 +100,29 @@ def test_execute_collects_streams_results_displays_and_errors(tmp_path, clean):
 
 @pytest.mark.sandbox
 @needs_sandbox
+def test_calls_from_short_lived_threads_leave_no_open_event_loop(tmp_path, clean):
+    """Each tool call runs in a thread of its own; jupyter_client's blocking calls open an event
+    loop per thread. Unclosed, they piled up (two sockets each) until the garbage collector or
+    interpreter exit closed them, the latter with an "Exception ignored" traceback."""
+    import asyncio
+    import gc
+
+    def open_loops():
+        return [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
+
+    before = len(open_loops())
+    with Kernel(tmp_path / "w", Policy(memory_mb=512)) as k:
+        outs = []
+        for i in range(4):
+            t = threading.Thread(target=lambda i=i: outs.append(k.execute(f"print({i} * 2)").stdout))
+            t.start()
+            t.join()
+        assert sorted(outs) == ["0\n", "2\n", "4\n", "6\n"]
+        assert len(open_loops()) == before
+
+
+@pytest.mark.sandbox
+@needs_sandbox
 def test_restart_loses_state_and_interrupt_works_from_another_thread(tmp_path, clean):
     with Kernel(tmp_path / "w", Policy(memory_mb=512)) as k:
         k.execute("a = 1")
