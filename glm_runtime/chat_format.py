@@ -50,6 +50,7 @@ __all__ = [
     "StreamParser",
     "TextDelta",
     "ToolCallStarted",
+    "call_name",
     "detect_format",
     "messages_from_json",
     "messages_from_turn",
@@ -630,6 +631,12 @@ def _visible_text(segs: list[_Seg]) -> str:
 # -- parsing: turns ---------------------------------------------------------------------------
 
 
+def call_name(spec: ToolSpec) -> str:
+    """The name the model writes to call `spec`: a function's own name; a built-in's kind (the
+    template declares and calls the browser as `simple_browser`, whatever it is registered as)."""
+    return spec.name if spec.kind == "function" else spec.kind
+
+
 def parse(text: str, *, fmt: Format = "glm4", tools: Sequence[ToolSpec | dict[str, Any]] = ()) -> AssistantTurn:
     """Parse what the model wrote after `<|assistant|>` into an AssistantTurn; never raises on bad text.
 
@@ -643,7 +650,7 @@ def parse(text: str, *, fmt: Format = "glm4", tools: Sequence[ToolSpec | dict[st
     """
     _check_fmt(fmt)
     # Built-ins are declared (and so called) by their kind: the template writes `## python`.
-    specs = {(s.name if s.kind == "function" else s.kind): s for s in _as_specs(tools)}
+    specs = {call_name(s): s for s in _as_specs(tools)}
     try:
         return _turn(_segments(text if isinstance(text, str) else str(text), fmt, True), fmt, specs)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, MemoryError) as e:

@@ -108,7 +108,7 @@ def test_calls_from_short_lived_threads_leave_no_open_event_loop(tmp_path, clean
     import gc
 
     def open_loops():
-        return [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
+        return [o for o in gc.get_objects() if issubclass(type(o), asyncio.AbstractEventLoop) and not o.is_closed()]
 
     before = len(open_loops())
     with Kernel(tmp_path / "w", Policy(memory_mb=512)) as k:

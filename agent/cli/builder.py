@@ -70,7 +70,7 @@ def build_backend(settings: Settings, *, progress: Callable | None = None, force
     try:
         backend = LocalBackend.from_model(
             model, **extra, quantize=settings.quantize, device=settings.device, max_cache_tokens=settings.context,
-            progress=progress, lang=settings.lang,
+            progress=progress, lang=settings.lang, constrain_calls=settings.constrain_calls,
             prompt_cache_dir=str(Path(settings.prompt_cache).expanduser()) if settings.prompt_cache else None,
             quantized_cache_dir=str(Path(settings.quantized_cache).expanduser()) if settings.quantized_cache else None,
             sampling=SamplingParams(temperature=settings.temperature, top_p=settings.top_p))

@@ -60,6 +60,9 @@ class Settings:
     allow_private_network: bool = False
     image_model: str | None = None
     lang: str = "zh"
+    # A local GLM-4 model may name only declared tools (glm_runtime.call_constraint); false lets
+    # it write any name, which the loop then answers with an error.
+    constrain_calls: bool = True
     # The python tool's sandbox limits; None keeps the tool's default (60 s, 1024 MiB, 64, 512 MiB).
     python_timeout: float | None = None
     python_memory_mb: int | None = None

@@ -27,11 +27,13 @@ class LocalBackend:
 
     `sampling` is a `SamplingParams` (default: the checkpoint's generation_config, else
     greedy). `logits_processor` goes to every generate call; a list gives one per step, in
-    order (how tests force a scripted reply out of a real model).
+    order (how tests force a scripted reply out of a real model). `constrain_calls` (on by
+    default; "glm4" format) lets the model name only declared tools: see `call_constraint`. A
+    step with its own `logits_processor` is not constrained.
     """
 
     def __init__(self, engine: Any, *, fmt: str | None = None, sampling: Any = None,
-                 logits_processor: Any = None, lang: str = "zh") -> None:
+                 logits_processor: Any = None, lang: str = "zh", constrain_calls: bool = True) -> None:
         from glm_runtime.chat_format import detect_format
 
         self.engine = engine
@@ -40,6 +42,8 @@ class LocalBackend:
         self.sampling = sampling
         self.logits_processor = logits_processor
         self.lang = lang
+        self.constrain_calls = constrain_calls
+        self._token_table: Any = None
         self.context_window: int | None = engine.max_context
         self.name = str(getattr(engine, "checkpoint_dir", ""))
         self.steps = 0
@@ -66,10 +70,18 @@ class LocalBackend:
                              quantized_cache_dir=quantized_cache_dir)
         return cls(engine, **kwargs)
 
-    def _processor(self) -> Any:
+    def _processor(self, tools: Sequence[ToolSpec]) -> Any:
         p = self.logits_processor
         if isinstance(p, (list, tuple)):
-            return p[self.steps] if self.steps < len(p) else None
+            p = p[self.steps] if self.steps < len(p) else None
+        if p is None and self.constrain_calls and self.fmt == "glm4":
+            from glm_runtime.call_constraint import CallHeaderConstraint, TokenTable
+            from glm_runtime.chat_format import ASSISTANT, call_name
+
+            if self._token_table is None:
+                self._token_table = TokenTable(self.tokenizer)
+            p = CallHeaderConstraint(self._token_table, [call_name(t) for t in tools],
+                                     self.tokenizer.convert_tokens_to_ids(ASSISTANT))
         return p
 
     def stream(
@@ -97,7 +109,7 @@ class LocalBackend:
         try:
             gen = self.engine.generate(ids, max_new_tokens=min(max_new_tokens, room),
                                        sampling=self.sampling or SamplingParams(),
-                                       logits_processor=self._processor(), cancel=cancel)
+                                       logits_processor=self._processor(tools), cancel=cancel)
             for tok in gen:
                 if not new:
                     ttft = time.perf_counter() - t0

@@ -235,6 +235,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write figures and every conversation here")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--constrain-calls", action=argparse.BooleanOptionalAction, default=True,
+                   help="let the model name only declared tools, as glm-agent does by default (see "
+                        "glm_runtime.call_constraint); --no-constrain-calls measures the model alone")
     args = p.parse_args(argv)
 
     import torch
@@ -246,7 +249,8 @@ def main(argv=None) -> dict:
     from tools.builtin.cogview_testing import build_tiny_sd_pipeline
 
     model = str(demo_model_dir()) if args.model == "demo" else args.model
-    backend = LocalBackend.from_model(model, quantize="none", dtype="float32", device="cpu")
+    backend = LocalBackend.from_model(model, quantize="none", dtype="float32", device="cpu",
+                                      constrain_calls=args.constrain_calls)
     budgets = Budgets(max_steps=6, max_new_tokens=160)
     work = Path(tempfile.mkdtemp(prefix="demo-eval-"))
     web = LocalWeb()
@@ -271,7 +275,8 @@ def main(argv=None) -> dict:
     finally:
         tools.close()
         web.close()
-    out = {"model": model, "count": args.count, "seed": args.seed, "figures": figures,
+    out = {"model": model, "count": args.count, "seed": args.seed, "constrain_calls": args.constrain_calls,
+           "figures": figures,
            "seconds": round(time.time() - t0, 1)}
     if args.json:
         args.json.write_text(json.dumps(out | {"conversations": rows}, ensure_ascii=False, indent=1))
