@@ -66,7 +66,9 @@ class CallHeaderConstraint:
     """Logits processor: the line after each `<|assistant|>` is empty or a name in `names`.
 
     `seq` (what the engine passes) is the prompt and the tokens generated so far; the prompt ends
-    with `<|assistant|>`. Once the header line has its newline, logits pass through unchanged.
+    with `<|assistant|>`. Between calls it only grows, as in `Engine.generate`, which calls
+    `reset()` when a generation starts. Once the header line has its newline, logits pass
+    through unchanged.
     """
 
     def __init__(self, table: TokenTable, names: Iterable[str], assistant_id: int) -> None:
@@ -74,17 +76,33 @@ class CallHeaderConstraint:
         self.assistant_id = int(assistant_id)
         self.targets = ["\n"] + sorted({n + "\n" for n in names if n and "\n" not in n})
         self._allowed: dict[str, Any] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the sequence (the engine calls this when a generation starts)."""
+        self._seen = 0  # how much of `seq` has been looked at
+        self._start: int | None = None  # where the current header begins (after its <|assistant|>)
+        self._done = True  # the current header has its newline (or there is none)
 
     def header(self, seq: Sequence[int]) -> str | None:
-        """The header line written so far, or None when it is complete (or there is none)."""
-        for back, tok in enumerate(reversed(seq)):
-            if tok == self.assistant_id:
-                start = len(seq) - back
-                break
-        else:
+        """The header line written so far, or None when it is complete (or there is none).
+
+        Incremental: each call looks only at the tokens added since the last one, so a long reply
+        costs nothing per token once its header is written.
+        """
+        if len(seq) < self._seen:  # another sequence: start over
+            self.reset()
+        for i in range(self._seen, len(seq)):
+            if seq[i] == self.assistant_id:
+                self._start, self._done = i + 1, False
+        self._seen = len(seq)
+        if self._done:
             return None
-        written = self.table.decode(seq[start:]) if start < len(seq) else ""
-        return None if "\n" in written else written
+        written = self.table.decode(seq[self._start:]) if self._start < len(seq) else ""
+        if "\n" in written:
+            self._done = True
+            return None
+        return written
 
     def __call__(self, seq: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
         import torch

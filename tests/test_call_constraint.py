@@ -59,15 +59,22 @@ def test_special_tokens_and_pieces_of_characters_are_never_in_a_header(table, gl
 def test_the_processor_masks_only_while_a_header_is_written(table, assistant_id, glm4_tokenizer):
     proc = CallHeaderConstraint(table, ["get_weather"], assistant_id)
     enc = lambda s: glm4_tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    prompt = enc("hi") + [assistant_id]
     logits = torch.zeros(151552)
-    at_start = proc(prompt, logits)
+    # one reply as the engine grows it: the header, the arguments, a second segment, its header
+    seq = enc("hi") + [assistant_id]
+    at_start = proc(seq, logits)
     assert torch.isfinite(at_start).sum() == len(table.continuing("", proc.targets))
-    assert torch.equal(proc(prompt + enc("get_weather\n{"), logits), logits)  # the arguments are free
-    assert torch.equal(proc(prompt + enc("\nSure"), logits), logits)  # so is an answer
-    # a second segment in the same reply gets a header again
-    again = proc(prompt + enc('get_weather\n{"city": "Oslo"}') + [assistant_id], logits)
-    assert torch.equal(again, at_start)
+    seq += enc("get")
+    assert torch.isfinite(proc(seq, logits)).sum() == len(table.continuing("get", proc.targets))
+    seq += enc("_weather\n{")
+    assert torch.equal(proc(seq, logits), logits)  # the arguments are free
+    seq += enc('"city": "Oslo"}')
+    assert torch.equal(proc(seq, logits), logits)
+    seq += [assistant_id]
+    assert torch.equal(proc(seq, logits), at_start)  # a second segment gets a header again
+    proc.reset()  # another generation
+    assert torch.equal(proc(enc("hi") + [assistant_id] + enc("\nSure"), logits), logits)  # so is an answer
+    proc.reset()
     assert torch.equal(proc(enc("no assistant marker"), logits), logits)
 
 
