@@ -43,7 +43,7 @@ class LocalBackend:
         self.logits_processor = logits_processor
         self.lang = lang
         self.constrain_calls = constrain_calls
-        self._token_table: Any = None
+        self._constraint: tuple[tuple[str, ...], Any] | None = None  # (tool names, its processor)
         self.context_window: int | None = engine.max_context
         self.name = str(getattr(engine, "checkpoint_dir", ""))
         self.steps = 0
@@ -78,10 +78,13 @@ class LocalBackend:
             from glm_runtime.call_constraint import CallHeaderConstraint, TokenTable
             from glm_runtime.chat_format import ASSISTANT, call_name
 
-            if self._token_table is None:
-                self._token_table = TokenTable(self.tokenizer)
-            p = CallHeaderConstraint(self._token_table, [call_name(t) for t in tools],
-                                     self.tokenizer.convert_tokens_to_ids(ASSISTANT))
+            # One per tool set, kept across steps with its masks (the engine resets it per generation).
+            names = tuple(call_name(t) for t in tools)
+            if self._constraint is None or self._constraint[0] != names:
+                table = self._constraint[1].table if self._constraint else TokenTable(self.tokenizer)
+                self._constraint = (names, CallHeaderConstraint(table, names,
+                                                                self.tokenizer.convert_tokens_to_ids(ASSISTANT)))
+            p = self._constraint[1]
         return p
 
     def stream(

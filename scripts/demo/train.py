@@ -168,8 +168,9 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
     before me" at every position, and an induction head (layer 1) at token X attends to the place
     whose previous token was X and writes out the token found there. From random weights a model
     this small sits on a long plateau before the two form together, longer than this CPU's hour
-    allows (measured: 0% held-out exact match in every copying category after 7.4M tokens). So they are built in, as weights
-    of the unchanged GLM architecture, and training refines them and learns the rest:
+    allows (measured: 0% held-out exact match in every copying category after 7.4M tokens). So
+    they are built in, as weights of the unchanged GLM architecture, and training refines them and
+    learns the rest:
 
     - the embedding uses the first 3/4 of the hidden dimensions (the token's subspace); the last
       quarter is kept for the previous token's identity;
