@@ -630,9 +630,15 @@ def generate(category: str, n: int, *, seed: int, split: str = "train") -> list[
     return [_MAKERS[category](rng, "en" if i % 2 == 0 else "zh", split) for i in range(n)]
 
 
-def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None) -> list[Example]:
-    """A shuffled training mixture of all categories."""
-    weights = weights or {"python": 3, "browser": 3, "cogview": 2, "function": 3, "plain": 1, "error": 2}
+WEIGHTS = {"python": 3, "browser": 3, "cogview": 2, "function": 3, "plain": 1, "error": 2}
+
+
+def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_ends: float = 0.0) -> list[Example]:
+    """A shuffled training mixture of all categories.
+
+    `vary_ends`: the share of requests whose closing punctuation is changed (`_vary_end`), as people
+    type with or without it."""
+    weights = weights or WEIGHTS
     total = sum(weights.values())
     out: list[Example] = []
     for c in CATEGORIES:
@@ -640,9 +646,20 @@ def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None) -> li
     rng = random.Random(seed)
     rng.shuffle(out)
     for ex in out:
+        if vary_ends and rng.random() < vary_ends:
+            ex.messages[1] = Message("user", _vary_end(ex.messages[1].content, ex.lang, rng))
         if rng.random() < 0.15:
             _prepend_exchange(ex, rng)
     return out
+
+
+_ENDS = {"en": ("", ".", "!", "?"), "zh": ("", "。", "！", "？", "?", "!")}
+
+
+def _vary_end(text: str, lang: str, rng: random.Random) -> str:
+    """`text` with its closing punctuation dropped or replaced by another."""
+    body = text.rstrip("".join(set("".join(_ENDS["en"] + _ENDS["zh"]))))
+    return body + rng.choice(_ENDS[lang]) if body else text
 
 
 def _prepend_exchange(ex: Example, rng: random.Random) -> None:

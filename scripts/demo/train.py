@@ -111,15 +111,28 @@ SCHEMA_PIECES = (
 )
 
 
-def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Path, kind: str = "bpe"):
+# How text is split before BPE. "glm4": GLM-4's own pattern (a word takes the space before it, so
+# "urban" is one token in "Look up urban castles" and another in search("urban castles")). "words":
+# every space is a token of its own and a word takes no character before it, so a word has the same
+# tokens wherever it stands, and each Chinese character stands alone (GLM-4's BPE merges across
+# characters: the last character of 北极蜜蜂 becomes another token in 北极蜜蜂的 than in "北极蜜蜂").
+# Numbers go in groups of up to three digits in both, so a value up to 999 is one token.
+SPLITS = {
+    "glm4": None,  # glm_runtime.tokenizer.GLM4_PATTERN
+    "words": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}|(?:(?!\p{Han})\p{L})+|\p{N}{1,3}|[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s",
+}
+
+
+def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Path, kind: str = "bpe",
+                    split: str = "glm4"):
     """The demo tokenizer: GLM-4's special tokens (ids 0-13), its chat template, the template's
     constant paragraphs as single tokens, and then either
 
     - `bytes`: the 256 byte symbols and nothing else. Every text is spelled from symbols the model
       saw in training, so a held-out name, number or Chinese word is copied from pieces it has
       written many times; or
-    - `bpe`: a byte-level BPE of `vocab_size` trained on `texts`, split first as GLM-4 splits
-      (numbers in groups of up to three digits), so a value up to 999 is one token.
+    - `bpe`: a byte-level BPE of `vocab_size` trained on `texts`, split first by `SPLITS[split]`.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -130,7 +143,7 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     elif kind == "bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(GLM4_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(SPLITS[split] or GLM4_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(GLM4_SPECIAL_TOKENS),
@@ -153,13 +166,14 @@ def model_config(vocab: int, eos: list[int], args) -> dict:
         "attention_dropout": 0.0, "eos_token_id": eos, "pad_token_id": eos[0], "head_dim": head,
         "hidden_act": "silu", "hidden_size": args.hidden, "intermediate_size": args.ffn,
         "initializer_range": 0.02, "max_position_embeddings": args.context, "num_attention_heads": args.heads,
-        "num_hidden_layers": args.layers, "num_key_value_heads": args.kv_heads, "partial_rotary_factor": 0.5,
+        "num_hidden_layers": args.layers, "num_key_value_heads": args.kv_heads, "partial_rotary_factor": args.rotary,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": args.tie, "torch_dtype": "float32",
         "vocab_size": vocab,
     }
 
 
-def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.05) -> list[str]:
+def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.05,
+                 ngram: int = 1) -> list[str]:
     """Start the model with a working copy circuit; returns the names of the parameters it set.
 
     Nearly everything the demo model must do is copying: numbers from the request into the code, a
@@ -185,6 +199,15 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
       same; the value reads the token subspace and the output writes it back there, so with tied
       embeddings the logits favour the token that followed the earlier occurrence.
 
+    With `ngram=2` the induction heads match two tokens of context, not one: layer 0's head 1 (it
+    shares head 0's key and value) looks two positions back and writes that token into the second
+    half of the previous-token subspace, and each induction head's unrotated dimensions are split in
+    two halves: one matches the current token against the key's previous token, the other the
+    current position's previous token against the key's token two back. A position where both agree
+    scores twice as high as one where only the last token does, so after a token that occurs often
+    (a space of its own, a common word) the head still finds the one place that continues the text
+    being copied; where nothing matches two tokens, the one-token match still decides.
+
     Everything is seeded (`seed`), so a run stays reproducible.
     """
     import torch
@@ -198,6 +221,8 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
     dt, npass = d - dp, hd - rot
     if cfg.num_hidden_layers < 2 or npass < 4 or rot < 8 or not cfg.tie_word_embeddings:
         raise ValueError("the copy circuit needs 2+ layers, tied embeddings and 8+ rotary and 4+ unrotated dims per head")
+    if ngram not in (1, 2) or (ngram == 2 and (groups < 2 or npass < 8)):
+        raise ValueError("ngram is 1 or 2; 2 needs 2+ query heads per key/value head and 8+ unrotated dims")
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -223,20 +248,51 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
         a0.v_proj.weight[:hd] = 0.0
         a0.v_proj.weight[:hd, :dt] = A
         a0.v_proj.bias[:hd] = 0.0
-        B = randn(dp, hd) / hd ** 0.5 * 0.02
-        a0.o_proj.weight[dt:, :hd] = B
+        if ngram == 1:
+            B = randn(dp, hd) / hd ** 0.5 * 0.02
+            a0.o_proj.weight[dt:, :hd] = B
+        else:  # head 1: two positions back, into the second half of the previous-token subspace
+            half = dp // 2
+            B = randn(half, hd) / hd ** 0.5 * 0.02
+            a0.o_proj.weight[dt: dt + half, :hd] = B
+            a0.o_proj.weight[dt + half:, hd: 2 * hd] = B
+            a0.q_proj.weight[hd: 2 * hd] = 0.0
+            a0.q_proj.bias[hd: 2 * hd] = 0.0
+            for i in range(4):
+                theta = 2 * float(inv_freq[i])
+                a0.q_proj.bias[hd + 2 * i] = 66.0 * math.cos(theta)
+                a0.q_proj.bias[hd + 2 * i + 1] = -66.0 * math.sin(theta)
         # layer 1: one induction head per key/value head
+        rms = float(model.model.embed_tokens.weight.pow(2).mean(1).mean().sqrt())
         for c in range(nkv):
-            C = randn(npass, dp) / dp ** 0.5
-            M = C @ B @ A
-            M = M / M.norm(dim=1, keepdim=True) * C.norm(dim=1, keepdim=True)
             kv, h = slice(c * hd, (c + 1) * hd), c * groups
             q = slice(h * hd, (h + 1) * hd)
             for proj, rows in ((a1.k_proj, kv), (a1.q_proj, q), (a1.v_proj, kv)):
                 proj.weight[rows] = 0.0
                 proj.bias[rows] = 0.0
-            a1.k_proj.weight[c * hd + rot: (c + 1) * hd, dt:] = C
-            a1.q_proj.weight[h * hd + rot: (h + 1) * hd, :dt] = match * M
+            if ngram == 1:
+                C = randn(npass, dp) / dp ** 0.5
+                M = C @ B @ A
+                M = M / M.norm(dim=1, keepdim=True) * C.norm(dim=1, keepdim=True)
+                a1.k_proj.weight[c * hd + rot: (c + 1) * hd, dt:] = C
+                a1.q_proj.weight[h * hd + rot: (h + 1) * hd, :dt] = match * M
+            else:
+                n1 = npass // 2
+                k0, q0 = c * hd + rot, h * hd + rot
+                # the current token against the key's previous token (first half of the subspace)
+                C1 = randn(n1, half) / half ** 0.5
+                M1 = C1 @ B @ A
+                M1 = M1 / M1.norm(dim=1, keepdim=True) * C1.norm(dim=1, keepdim=True)
+                a1.k_proj.weight[k0: k0 + n1, dt: dt + half] = C1
+                a1.q_proj.weight[q0: q0 + n1, :dt] = match * M1
+                # the previous token against the key's token two back: both are written through B,
+                # so the query reads the first half with the key's matrix, scaled as M1 is (layer 1's
+                # norm divides the residual by its RMS, the embeddings' RMS: the query reads the
+                # previous token B @ A @ x / rms where M1 reads the token x)
+                C2 = randn(npass - n1, half) / half ** 0.5
+                scale = rms * C2.norm(dim=1, keepdim=True) / (C2 @ B @ A).norm(dim=1, keepdim=True)
+                a1.k_proj.weight[k0 + n1: (c + 1) * hd, dt + half:] = C2
+                a1.q_proj.weight[q0 + n1: (h + 1) * hd, dt: dt + half] = match * scale * C2
             G = torch.linalg.qr(randn(dt, hd))[0].T  # hd orthonormal rows in the token subspace
             a1.v_proj.weight[kv, :dt] = G
             a1.o_proj.weight[:dt, q] = gain * G.T
@@ -327,6 +383,19 @@ def collate(encoded, rows: list[list[int]], pad: int):
     return ids, labels, pos, segments
 
 
+def trained_loss(model, ids, labels, pos, segments):
+    """The mean next-token cross-entropy over the trained positions, with the output projection run
+    only there: most of a row (78%) is prompt and observations, which carry no loss. The same
+    value and gradients as `model(..., labels=labels).loss`, in another order of summation."""
+    import torch
+
+    hidden = model.model(input_ids=ids, position_ids=pos, segments=segments, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    scored = targets != -100
+    logits = model.lm_head(hidden[:, :-1][scored])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[scored])
+
+
 def held_out_exact(model, tok, stop: dict[str, int], count: int, seed: int = 1) -> dict[str, float]:
     """Per category, the share of `count` held-out conversations whose every trained assistant
     turn the model predicts exactly, token by token.
@@ -388,6 +457,22 @@ def parse_args(argv=None):
                    help="start with a built-in copy circuit (see copy_circuit; default: on)")
     p.add_argument("--circuit-lr", type=float, default=0.25,
                    help="learning-rate factor of the attention layers that hold the copy circuit")
+    p.add_argument("--copy-ngram", type=int, choices=[1, 2], default=1,
+                   help="tokens of context the copy circuit's induction heads match (see copy_circuit)")
+    p.add_argument("--copy-gain", type=float, default=0.05, help="the copy circuit's starting output gain")
+    p.add_argument("--split", choices=sorted(SPLITS), default="glm4",
+                   help="how text is split before BPE (see SPLITS): glm4, or words (every space a token)")
+    p.add_argument("--rotary", type=float, default=0.5,
+                   help="partial_rotary_factor: the share of each head's dimensions RoPE turns; the rest "
+                        "match by content alone, as the copy circuit's induction heads do")
+    p.add_argument("--fast-loss", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the output projection on the trained positions only (trained_loss): the "
+                        "same loss, 1.3x faster per batch, other rounding")
+    p.add_argument("--plain-weight", type=float, default=1.0,
+                   help="the share of plain conversations (greetings), against python 3, browser 3, cogview 2, "
+                        "function 3, error 2")
+    p.add_argument("--vary-ends", type=float, default=0.0,
+                   help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="matrix products in bfloat16 (autocast; the weights stay float32): 1.6x faster here")
     p.add_argument("--tokenizer", choices=["bytes", "bpe"], default="bpe",
@@ -431,12 +516,14 @@ def main(argv=None) -> str:
 
     template = official_template()
     t0 = time.time()
-    examples = data.mixture(args.samples, seed=args.seed)
+    weights = data.WEIGHTS | {"plain": args.plain_weight}
+    examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends)
     bare = _bare_tokenizer(template)
     from glm_runtime.chat_format import render
 
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
-    tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer)
+    tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer,
+                          split=args.split)
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
@@ -457,7 +544,7 @@ def main(argv=None) -> str:
     log(f"model: {n_params / 1e6:.2f}M parameters, {args.layers} layers, hidden {args.hidden}")
     slow: list[str] = []
     if args.copy_circuit:
-        slow = copy_circuit(model, seed=args.seed)
+        slow = copy_circuit(model, seed=args.seed, ngram=args.copy_ngram, gain=args.copy_gain)
         log(f"copy circuit built in; its attention layers train at {args.circuit_lr:g}x the learning rate")
     groups: dict[tuple[bool, bool], list] = {}
     for n, p in model.named_parameters():
@@ -475,13 +562,18 @@ def main(argv=None) -> str:
             "tokens_per_batch": args.tokens_per_batch, "row": args.row, "lr": args.lr, "threads": args.threads,
             "tokenizer": args.tokenizer, "tie": args.tie, "bf16": args.bf16, "copy_circuit": args.copy_circuit,
             "circuit_lr": args.circuit_lr}
+    meta |= {"copy_ngram": args.copy_ngram, "copy_gain": args.copy_gain, "split": args.split, "rotary": args.rotary,
+             "fast_loss": args.fast_loss, "plain_weight": args.plain_weight, "vary_ends": args.vary_ends}
     t1, seen, avg = time.time(), 0, None
     for step in range(1, args.steps + 1):
         if not queue:
             queue = batches(encoded, args.tokens_per_batch, args.row, rng)
         ids, labels, pos, segments = collate(encoded, queue.pop(), stop["<|endoftext|>"])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = model(input_ids=ids, labels=labels, position_ids=pos, segments=segments, use_cache=False).loss
+            if args.fast_loss:
+                loss = trained_loss(model, ids, labels, pos, segments)
+            else:
+                loss = model(input_ids=ids, labels=labels, position_ids=pos, segments=segments, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
