@@ -208,11 +208,12 @@ def _held_out(category: str, n: int = 2) -> list[data.Example]:
     return data.generate(category, n, seed=7, split="eval")  # one English, one Chinese
 
 
-# The shipped weights meet the 90% task-success bar in one category of six (see MODEL_CARD.md:
-# python 76.5%, browser 24.5%, cogview 98.5%, function 73.5%, plain 63.5%, error 76.5% of 200
-# held-out conversations each, tool names constrained as glm-agent does by default). The tests below run two held-out conversations per category (one English,
-# one Chinese); the browser and error ones fail with these weights and are marked xfail, strict:
-# once better weights pass one, the run fails with XPASS, so the marker cannot outlive the problem.
+# The shipped weights meet the 90% task-success bar in two categories of six (see MODEL_CARD.md:
+# python 69.5%, browser 52.5%, cogview 100%, function 74.0%, plain 75.5%, error 90.5% of 200
+# held-out conversations each, tool names constrained as glm-agent does by default). The tests below
+# run two held-out conversations per category (one English, one Chinese); the browser and plain ones
+# fail with these weights and are marked xfail, strict: once better weights pass one, the run fails
+# with XPASS, so the marker cannot outlive the problem.
 BELOW_BAR = pytest.mark.xfail(reason="the shipped demo weights are below the task-success bar; see MODEL_CARD.md",
                               strict=True)
 
@@ -264,6 +265,7 @@ def test_demo_model_calls_a_user_function_from_a_tools_file(harness):
 
 @pytest.mark.slow
 @pytest.mark.engine
+@BELOW_BAR
 def test_demo_model_answers_a_greeting_without_tools(harness):
     for ex in _held_out("plain"):
         assert harness(ex)["ok"]
@@ -272,7 +274,6 @@ def test_demo_model_answers_a_greeting_without_tools(harness):
 @pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.sandbox
-@BELOW_BAR
 def test_demo_model_corrects_a_call_after_an_error_observation(harness):
     exs = data.generate("error", 8, seed=7, split="eval")
     for kind in ("python", "function"):

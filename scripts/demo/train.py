@@ -447,8 +447,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "glm_runtime" / "demo")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=50000, help="training conversations")
-    p.add_argument("--steps", type=int, default=1400)
+    p.add_argument("--samples", type=int, default=80000, help="training conversations")
+    p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--tokens-per-batch", type=int, default=8192)
     p.add_argument("--row", type=int, default=2048, help="tokens per packed row")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -457,21 +457,21 @@ def parse_args(argv=None):
                    help="start with a built-in copy circuit (see copy_circuit; default: on)")
     p.add_argument("--circuit-lr", type=float, default=0.25,
                    help="learning-rate factor of the attention layers that hold the copy circuit")
-    p.add_argument("--copy-ngram", type=int, choices=[1, 2], default=1,
+    p.add_argument("--copy-ngram", type=int, choices=[1, 2], default=2,
                    help="tokens of context the copy circuit's induction heads match (see copy_circuit)")
-    p.add_argument("--copy-gain", type=float, default=0.05, help="the copy circuit's starting output gain")
-    p.add_argument("--split", choices=sorted(SPLITS), default="glm4",
+    p.add_argument("--copy-gain", type=float, default=0.2, help="the copy circuit's starting output gain")
+    p.add_argument("--split", choices=sorted(SPLITS), default="words",
                    help="how text is split before BPE (see SPLITS): glm4, or words (every space a token)")
-    p.add_argument("--rotary", type=float, default=0.5,
+    p.add_argument("--rotary", type=float, default=0.25,
                    help="partial_rotary_factor: the share of each head's dimensions RoPE turns; the rest "
                         "match by content alone, as the copy circuit's induction heads do")
-    p.add_argument("--fast-loss", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--fast-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="run the output projection on the trained positions only (trained_loss): the "
-                        "same loss, 1.3x faster per batch, other rounding")
-    p.add_argument("--plain-weight", type=float, default=1.0,
+                        "same loss, other rounding, 1.3x faster per batch where measured")
+    p.add_argument("--plain-weight", type=float, default=2.0,
                    help="the share of plain conversations (greetings), against python 3, browser 3, cogview 2, "
                         "function 3, error 2")
-    p.add_argument("--vary-ends", type=float, default=0.0,
+    p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="matrix products in bfloat16 (autocast; the weights stay float32): 1.6x faster here")
