@@ -54,6 +54,78 @@ def test_encode_targets_only_the_assistant_and_its_stop_token():
     assert labels[-1] == stop["<|user|>"] and trained.count("<|observation|>") == 1
 
 
+def test_fillers_go_before_the_values_and_keep_them():
+    import random
+
+    exs = [e for e in data.mixture(600, seed=5) if e.messages[1].role == "user"]
+    rng = random.Random(0)
+    changed = 0
+    for ex in exs:
+        text = ex.messages[1].content
+        start = 0 if ex.category == "plain" else data._first_value(text, ex)  # a greeting: only before it
+        new = data._add_fillers(text, ex, rng)
+        assert new.endswith(text[start:]) and len(new) > len(text)  # the values and what follows are untouched
+        if ex.lang == "en" and text[:start].count(" ") >= 1:  # a word before the value: fillers go before it
+            before = new[: len(new) - len(text) + start].split(" ")
+            assert before[-2] == text[:start].split(" ")[-2]
+        changed += new != text
+    assert changed == len(exs) > 100
+
+
+def test_no_training_phrasing_is_a_held_out_one_but_for_punctuation():
+    assert "Goodbye" in data._PLAIN_MORE["en"][4] and "Goodbye!" in data._PLAIN["en"][4][0][1::2]
+    trained = {data._bare(x) for lang in ("en", "zh") for g, (asks, _) in enumerate(data._PLAIN[lang])
+               for x in data._half(asks, "train", data._PLAIN_MORE[lang][g])}
+    held = {data._bare(x) for lang in ("en", "zh") for asks, _ in data._PLAIN[lang] for x in data._half(asks, "eval")}
+    assert not trained & held and "goodbye" in held
+    for ex in data.mixture(3000, seed=0, vary_ends=0.25, fillers=0.3):
+        if ex.category == "plain":
+            assert data._bare(ex.messages[-2].content) not in held
+
+
+# ---- tokenizer -------------------------------------------------------------------------------------
+
+def _letters_tokenizer(tmp_path, words):
+    import train
+
+    texts = ["Look up solar bees. search(\"x\") Find " + " ".join(words) + " 12 北极"] * 3
+    tok = train.build_tokenizer(texts, vocab_size=300, template=train.official_template(), out=tmp_path,
+                                split="letters", min_word_count=2)
+    return lambda s: [tok.decode([i]) for i in tok.encode(s, add_special_tokens=False)]
+
+
+def test_letters_split_keeps_known_words_and_spells_every_other_word(tmp_path):
+    import train
+
+    known = train.known_words(["Look up the castle", "Look up the arctic castle bees", "zubo"], 2)
+    assert known == ["Look", "castle", "the", "up"]  # bees is a topic word: spelled even where frequent
+    pieces = _letters_tokenizer(tmp_path, ["castle"])
+    assert pieces("Look up castles") == ["Look", " ", "up", " ", "c", "a", "s", "t", "l", "e", "s"]
+    assert pieces('search("nocturnal castle")')[:3] == ["search", '("', "n"]
+    # the same letters in the request and in the call, whatever comes before the word
+    word = ["n", "o", "c", "t", "u", "r", "n", "a", "l"]
+    assert pieces("Find nocturnal castle")[2:11] == word == pieces('("nocturnal castle")')[1:10]
+    assert pieces("Lookup") == list("Lookup")  # a known word inside a longer one is not cut out of it
+
+
+def test_trie_pattern_matches_exactly_its_words():
+    import regex
+    import train
+
+    words = ["a", "an", "and", "ant", "bee", "beetle", "be"]
+    pat = regex.compile("(?:" + train._trie_pattern(words) + ")")
+    for w in words:
+        assert pat.fullmatch(w)
+    for w in ["", "am", "andy", "bet", "beet", "b", "tle"]:
+        assert not pat.fullmatch(w)
+
+
+def test_slot_words_are_the_copied_pools():
+    assert data.is_slot_word("arctic") and data.is_slot_word("Bridges") and data.is_slot_word("zorqua")
+    assert data.is_slot_word("xylophone") and data.is_slot_word("fa")
+    assert not data.is_slot_word("castle") and not data.is_slot_word("search") and not data.is_slot_word("zorq")
+
+
 # ---- training --------------------------------------------------------------------------------------
 
 def _train(out: Path, *extra: str) -> str:
@@ -208,12 +280,12 @@ def _held_out(category: str, n: int = 2) -> list[data.Example]:
     return data.generate(category, n, seed=7, split="eval")  # one English, one Chinese
 
 
-# The shipped weights meet the 90% task-success bar in two categories of six (see MODEL_CARD.md:
-# python 69.5%, browser 52.5%, cogview 100%, function 74.0%, plain 75.5%, error 90.5% of 200
+# The shipped weights meet the 90% task-success bar in one category of six (see MODEL_CARD.md:
+# python 86.0%, browser 59.0%, cogview 100%, function 81.0%, plain 65.0%, error 62.5% of 200
 # held-out conversations each, tool names constrained as glm-agent does by default). The tests below
-# run two held-out conversations per category (one English, one Chinese); the browser and plain ones
-# fail with these weights and are marked xfail, strict: once better weights pass one, the run fails
-# with XPASS, so the marker cannot outlive the problem.
+# run two held-out conversations per category (one English, one Chinese); the browser, plain and
+# error ones fail with these weights and are marked xfail, strict: once better weights pass one, the
+# run fails with XPASS, so the marker cannot outlive the problem.
 BELOW_BAR = pytest.mark.xfail(reason="the shipped demo weights are below the task-success bar; see MODEL_CARD.md",
                               strict=True)
 
@@ -274,6 +346,7 @@ def test_demo_model_answers_a_greeting_without_tools(harness):
 @pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.sandbox
+@BELOW_BAR
 def test_demo_model_corrects_a_call_after_an_error_observation(harness):
     exs = data.generate("error", 8, seed=7, split="eval")
     for kind in ("python", "function"):

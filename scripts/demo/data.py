@@ -13,7 +13,9 @@ no tool) and `error` (an error observation, then a corrected call).
 
 Held-out conversations differ from the training ones by template, by name and by value: each
 pool of phrasings, topics, function names and parameter names is split in two, `split="train"`
-draws from one part and `split="eval"` from the other.
+draws from one part and `split="eval"` from the other. A training-only phrasing that differs from a
+held-out one only in case or punctuation is dropped; training's augmentations (`mixture`) only
+change closing punctuation and put filler words (common or made-up) before a request's values.
 
     >>> ex = generate("python", 1, seed=0)[0]
     >>> [m.role for m in ex.messages]
@@ -61,8 +63,17 @@ def builtin_specs(names) -> list[ToolSpec]:
 
 def _half(items: list, split: str, extra: tuple = ()) -> list:
     """Training gets the even positions (and `extra`, phrasings only ever trained on), held-out
-    evaluation the odd ones."""
-    return items[0::2] + list(extra) if split == "train" else items[1::2]
+    evaluation the odd ones. An `extra` phrasing that differs from a held-out one only in case or
+    punctuation ("Goodbye" for "Goodbye!") is left out: it would be the held-out phrasing."""
+    if split != "train":
+        return items[1::2]
+    held = {_bare(x) for x in items[1::2]}
+    return items[0::2] + [x for x in extra if _bare(x) not in held]
+
+
+def _bare(text: str) -> str:
+    """`text` without case, punctuation or spaces: what tells two phrasings apart."""
+    return "".join(c for c in text.lower() if c.isalnum() or c in "{}")
 
 
 # Training-only phrasings: more ways of asking the same thing, so that a model this small learns the
@@ -252,6 +263,21 @@ def _held_out_words() -> tuple[set[str], set[str]]:
     return words, set(_FN_SYLL[1::2])
 
 
+def is_slot_word(word: str) -> bool:
+    """Whether `word` is (part of) a value the model copies: a topic word, a word whose length is
+    asked, a function name's syllables or a stretch of a hex file name (any word of the letters a-f,
+    so "add" too). The `letters` tokenizer spells these like any unknown word, in training as in
+    evaluation, whichever half they are from."""
+    w = word.lower()
+    topics = {x for t in _TOPIC_A + _TOPIC_N for x in t.split()}
+    return w in topics or w in _WORDS or all(c in "abcdef" for c in w) or _is_syllables(w)
+
+
+def _is_syllables(w: str) -> bool:
+    """Whether `w` is one or more of the function names' syllables (zorqua, bli, ...)."""
+    return any(w.startswith(s) and (w == s or _is_syllables(w[len(s):])) for s in _FN_SYLL)
+
+
 def _pseudo_word(rng: random.Random) -> str:
     """A made-up word of 1-3 syllables that contains no held-out word or syllable."""
     words, sylls = _held_out_words()
@@ -273,7 +299,7 @@ _ZH_POOL = _zh_chars()
 
 
 def _topic(rng: random.Random, lang: str, split: str) -> str:
-    if split == "train" and rng.random() < 0.4:  # made-up topics: learn to copy any words, not these
+    if split == "train" and rng.random() < 0.6:  # made-up topics: learn to copy any words, not these
         if lang == "en":
             return " ".join(_pseudo_word(rng) for _ in range(rng.choice([1, 2, 2, 3])))
         return "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(2, 5)))
@@ -482,7 +508,7 @@ def _function_example(rng: random.Random, lang: str, split: str) -> Example:
     task = function_task(rng, lang, split)
     v = function_value(task["defn"], task["args"])
     specs = [task["spec"]]
-    if rng.random() < 0.3:  # a second, unrelated function to choose from
+    if rng.random() < (0.5 if split == "train" else 0.3):  # a second, unrelated function to choose from
         other, odefn = _function(rng, split)
         if other.name != task["spec"].name and odefn["thing"] != task["defn"]["thing"]:
             specs = [other, task["spec"]] if rng.random() < 0.5 else [task["spec"], other]
@@ -519,18 +545,24 @@ _PLAIN = {
 
 
 _PLAIN_MORE = {  # training-only, in the order of _PLAIN's groups
-    "en": [["Hi there", "Hello there", "Hey!", "Good afternoon", "Howdy", "Greetings", "Hi, assistant", "Yo"],
-           ["Who is this?", "Tell me about yourself.", "Are you a bot?", "Which model are you?", "What model is this?"],
-           ["Thanks", "Thank you!", "Many thanks.", "Thanks so much!", "Cheers, thanks", "Thank you very much"],
-           ["How are things?", "How's it going?", "Are you ok?", "How do you do?", "Is anyone there?"],
-           ["Goodbye", "Bye!", "See you", "Farewell", "Good night", "Later!"],
-           ["What can you help with?", "What are you able to do?", "Help me", "What do you do?", "Show me what you can do."]],
-    "zh": [["你好！", "嗨，你好", "下午好", "喂", "哈喽你好", "大家好"],
-           ["你是谁", "你是什么模型？", "请介绍一下自己", "你是机器人吗？", "你叫啥？"],
-           ["谢谢！", "感谢", "太感谢了", "谢啦", "多谢你"],
-           ["你好吗", "过得好吗？", "最近好吗？", "你怎么样？", "有人吗？"],
-           ["再见！", "拜拜！", "明天见", "晚安", "先走了，再见"],
-           ["你能干什么？", "你可以帮我做什么？", "你有哪些本领？", "帮我一下", "你会些什么？"]],
+    "en": [["Hi there", "Hello there", "Hey!", "Good afternoon", "Howdy", "Greetings", "Hi, assistant", "Yo",
+            "Morning!", "Hello everyone", "Hi friend"],
+           ["Who is this?", "Tell me about yourself.", "Are you a bot?", "Which model are you?", "What model is this?",
+            "Who am I talking to?", "What should I call you?"],
+           ["Thanks", "Thank you!", "Many thanks.", "Thanks so much!", "Cheers, thanks", "Thank you very much",
+            "Perfect, thanks.", "Much appreciated.", "I appreciate it, thanks"],
+           ["How are things?", "How's it going?", "Are you ok?", "How do you do?", "Is anyone there?",
+            "How have you been?", "How's your day?"],
+           ["Goodbye", "Bye!", "See you", "Farewell", "Good night", "Later!", "Catch you later", "Talk to you soon",
+            "Bye for now"],
+           ["What can you help with?", "What are you able to do?", "Help me", "What do you do?", "Show me what you can do.",
+            "What are your skills?", "Can you assist me?", "I need some help."]],
+    "zh": [["你好！", "嗨，你好", "下午好", "喂", "哈喽你好", "大家好", "早安", "中午好", "嘿", "有人吗？"],
+           ["你是谁", "你是什么模型？", "请介绍一下自己", "你是机器人吗？", "你叫啥？", "我在跟谁说话？"],
+           ["谢谢！", "感谢", "太感谢了", "谢啦", "多谢你", "辛苦了，谢谢", "感激不尽"],
+           ["你好吗", "过得好吗？", "最近好吗？", "你怎么样？", "最近过得如何？"],
+           ["再见！", "拜拜！", "明天见", "晚安", "先走了，再见", "周末见", "一会儿见", "改天见"],
+           ["你能干什么？", "你可以帮我做什么？", "你有哪些本领？", "帮我一下", "你会些什么？", "你有什么用？"]],
 }
 
 
@@ -633,11 +665,14 @@ def generate(category: str, n: int, *, seed: int, split: str = "train") -> list[
 WEIGHTS = {"python": 3, "browser": 3, "cogview": 2, "function": 3, "plain": 1, "error": 2}
 
 
-def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_ends: float = 0.0) -> list[Example]:
+def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_ends: float = 0.0,
+            fillers: float = 0.0) -> list[Example]:
     """A shuffled training mixture of all categories.
 
     `vary_ends`: the share of requests whose closing punctuation is changed (`_vary_end`), as people
-    type with or without it."""
+    type with or without it. `fillers`: the share of requests with a word or two put before their
+    values, or before a greeting (`_add_fillers`), so that the model finds the values wherever the
+    phrasing puts them and a request's kind whatever comes first."""
     weights = weights or WEIGHTS
     total = sum(weights.values())
     out: list[Example] = []
@@ -648,6 +683,8 @@ def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_
     for ex in out:
         if vary_ends and rng.random() < vary_ends:
             ex.messages[1] = Message("user", _vary_end(ex.messages[1].content, ex.lang, rng))
+        if fillers and rng.random() < fillers:
+            ex.messages[1] = Message("user", _add_fillers(ex.messages[1].content, ex, rng))
         if rng.random() < 0.15:
             _prepend_exchange(ex, rng)
     return out
@@ -660,6 +697,46 @@ def _vary_end(text: str, lang: str, rng: random.Random) -> str:
     """`text` with its closing punctuation dropped or replaced by another."""
     body = text.rstrip("".join(set("".join(_ENDS["en"] + _ENDS["zh"]))))
     return body + rng.choice(_ENDS[lang]) if body else text
+
+
+_FILLERS = {"en": ["please", "now", "hey", "ok", "so", "quickly", "just", "also", "then", "kindly", "again", "next",
+                    "hi", "well", "and"],
+            "zh": ["请", "嗯", "那个", "麻烦", "现在", "好的", "然后", "还有", "你好", "帮忙"]}
+_PLAIN_FILLERS = {"en": ["ok", "well", "so", "oh", "alright", "um", "hmm", "right"], "zh": ["嗯", "好的", "那个", "哦", "噢"]}
+
+
+def _add_fillers(text: str, ex: Example, rng: random.Random) -> str:
+    """`text` with one or two filler words (common ones or made-up ones) inserted before its first
+    value: at a word boundary in English (never right before the value, where a made-up word would
+    read as part of it), at the start in Chinese (which has no spaces to tell a filler from a topic)."""
+    if ex.category == "plain":  # a greeting has no value: a word before it, never one that changes its kind
+        lead = rng.choice(_PLAIN_FILLERS[ex.lang]) if rng.random() < 0.6 else (
+            _pseudo_word(rng) if ex.lang == "en" else "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(1, 2))))
+        if ex.lang == "zh":
+            return lead + rng.choice(["，", "", " "]) + text
+        return lead[0].upper() + lead[1:] + rng.choice([", ", " ", "! "]) + text
+    start = _first_value(text, ex)
+    fills = [rng.choice(_FILLERS[ex.lang]) if rng.random() < 0.6 else
+             (_pseudo_word(rng) if ex.lang == "en" else "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(1, 2))))
+             for _ in range(rng.choice([1, 1, 2]))]
+    if ex.lang == "zh":
+        return "".join(fills) + rng.choice(["，", "", " ", "："]) + text
+    words = text[:start].split(" ")  # the last is "" when a space comes before the value
+    at = rng.randrange(max(1, len(words) - 1))
+    if at == 0:
+        lead = " ".join(fills)
+        return lead[0].upper() + lead[1:] + rng.choice([", ", " ", ": "]) + text
+    return " ".join(words[:at] + fills + words[at:]) + text[start:]
+
+
+def _first_value(text: str, ex: Example) -> int:
+    """Where the first value the model must copy starts in the request (its length if none is found)."""
+    e = ex.expect
+    values = [e["query"]] if "query" in e else [str(v) for v in e.get("args", {}).values()]
+    values += e.get("words", [])[:1]
+    found = [text.find(v) for v in values if v and text.find(v) >= 0]
+    digits = next((i for i, c in enumerate(text) if c.isdigit() or c == "'"), len(text))
+    return min(found + [digits])
 
 
 def _prepend_exchange(ex: Example, rng: random.Random) -> None:

@@ -121,18 +121,65 @@ SPLITS = {
     "glm4": None,  # glm_runtime.tokenizer.GLM4_PATTERN
     "words": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}|(?:(?!\p{Han})\p{L})+|\p{N}{1,3}|[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s",
+    "letters": None,  # "words", with rare words spelled: letters_split, built from the corpus
 }
 
 
+def _trie_pattern(words: list[str]) -> str:
+    """One regex alternation matching exactly `words`, as a trie: the regex engine tries a letter
+    once per position instead of once per word."""
+    import regex
+
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def pattern(node: dict) -> str:
+        alts = [regex.escape(ch) + pattern(sub) for ch, sub in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return pattern(trie)
+
+
+def known_words(texts: list[str], min_count: int, exclude=data.is_slot_word) -> list[str]:
+    """The Latin-script words in at least `min_count` of `texts` (document frequency), less those
+    `exclude` names: the words of the templates and tools. A made-up word (seen in a handful of
+    conversations) or a held-out one is not among them, nor are the copied values of the pools
+    `data.is_slot_word` names, which are spelled in training as they will be in evaluation."""
+    import regex
+
+    counts: dict[str, int] = {}
+    for t in texts:
+        for w in set(regex.findall(r"(?:(?!\p{Han})\p{L})+", t)):
+            counts[w] = counts.get(w, 0) + 1
+    return sorted(w for w, c in counts.items() if c >= min_count and len(w) > 1 and not exclude(w))
+
+
+def letters_split(words: list[str]) -> str:
+    """The `words` split, except that a Latin-script word not in `words` is spelled one letter per
+    token, so every word the tokenizer was not built for (a made-up training word, a held-out
+    topic, a user's name) is written from the same 52 symbols the model copies all through training."""
+    known = _trie_pattern(words)
+    return (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}|(?<!\p{L})" + known + r"(?!\p{L})|(?:(?!\p{Han})\p{L})"
+            r"|\p{N}{1,3}|[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s")
+
+
 def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Path, kind: str = "bpe",
-                    split: str = "glm4"):
+                    split: str = "glm4", min_word_count: int = 40):
     """The demo tokenizer: GLM-4's special tokens (ids 0-13), its chat template, the template's
     constant paragraphs as single tokens, and then either
 
     - `bytes`: the 256 byte symbols and nothing else. Every text is spelled from symbols the model
       saw in training, so a held-out name, number or Chinese word is copied from pieces it has
       written many times; or
-    - `bpe`: a byte-level BPE of `vocab_size` trained on `texts`, split first by `SPLITS[split]`.
+    - `bpe`: a byte-level BPE of `vocab_size` trained on `texts`, split first by `SPLITS[split]`,
+      or for `letters` by `letters_split` of the words in at least `min_word_count` texts.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -141,9 +188,13 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
+        if split == "letters":
+            pattern = letters_split(known_words(texts, min_word_count))
+        else:
+            pattern = SPLITS[split] or GLM4_PATTERN
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLITS[split] or GLM4_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(GLM4_SPECIAL_TOKENS),
@@ -448,7 +499,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=ROOT / "glm_runtime" / "demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=80000, help="training conversations")
-    p.add_argument("--steps", type=int, default=1800)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--tokens-per-batch", type=int, default=8192)
     p.add_argument("--row", type=int, default=2048, help="tokens per packed row")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -460,8 +511,15 @@ def parse_args(argv=None):
     p.add_argument("--copy-ngram", type=int, choices=[1, 2], default=2,
                    help="tokens of context the copy circuit's induction heads match (see copy_circuit)")
     p.add_argument("--copy-gain", type=float, default=0.2, help="the copy circuit's starting output gain")
-    p.add_argument("--split", choices=sorted(SPLITS), default="words",
-                   help="how text is split before BPE (see SPLITS): glm4, or words (every space a token)")
+    p.add_argument("--split", choices=sorted(SPLITS), default="letters",
+                   help="how text is split before BPE (see SPLITS): glm4, words (every space a token), or "
+                        "letters (words, and a word outside the templates spelled letter by letter)")
+    p.add_argument("--min-word-count", type=int, default=40,
+                   help="--split letters: a word is kept whole when in at least this many of 80,000 conversations "
+                        "(scaled with --samples)")
+    p.add_argument("--fillers", type=float, default=0.3,
+                   help="the share of training requests with a filler word or two before their values "
+                        "(before a greeting: at the start)")
     p.add_argument("--rotary", type=float, default=0.25,
                    help="partial_rotary_factor: the share of each head's dimensions RoPE turns; the rest "
                         "match by content alone, as the copy circuit's induction heads do")
@@ -517,13 +575,14 @@ def main(argv=None) -> str:
     template = official_template()
     t0 = time.time()
     weights = data.WEIGHTS | {"plain": args.plain_weight}
-    examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends)
+    examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends,
+                            fillers=args.fillers)
     bare = _bare_tokenizer(template)
     from glm_runtime.chat_format import render
 
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
     tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer,
-                          split=args.split)
+                          split=args.split, min_word_count=max(2, args.min_word_count * args.samples // 80000))
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
@@ -564,6 +623,8 @@ def main(argv=None) -> str:
             "circuit_lr": args.circuit_lr}
     meta |= {"copy_ngram": args.copy_ngram, "copy_gain": args.copy_gain, "split": args.split, "rotary": args.rotary,
              "fast_loss": args.fast_loss, "plain_weight": args.plain_weight, "vary_ends": args.vary_ends}
+    if args.split == "letters" or args.fillers:  # absent from earlier runs' records: their settings stay readable
+        meta |= {"min_word_count": args.min_word_count, "fillers": args.fillers}
     t1, seen, avg = time.time(), 0, None
     for step in range(1, args.steps + 1):
         if not queue:
