@@ -263,14 +263,16 @@ def _held_out_words() -> tuple[set[str], set[str]]:
     return words, set(_FN_SYLL[1::2])
 
 
+_TOPIC_WORDS = frozenset(x for t in _TOPIC_A + _TOPIC_N for x in t.split())
+
+
 def is_slot_word(word: str) -> bool:
     """Whether `word` is (part of) a value the model copies: a topic word, a word whose length is
     asked, a function name's syllables or a stretch of a hex file name (any word of the letters a-f,
     so "add" too). The `letters` tokenizer spells these like any unknown word, in training as in
     evaluation, whichever half they are from."""
     w = word.lower()
-    topics = {x for t in _TOPIC_A + _TOPIC_N for x in t.split()}
-    return w in topics or w in _WORDS or all(c in "abcdef" for c in w) or _is_syllables(w)
+    return w in _TOPIC_WORDS or w in _WORDS or all(c in "abcdef" for c in w) or _is_syllables(w)
 
 
 def _is_syllables(w: str) -> bool:
@@ -710,14 +712,12 @@ def _add_fillers(text: str, ex: Example, rng: random.Random) -> str:
     value: at a word boundary in English (never right before the value, where a made-up word would
     read as part of it), at the start in Chinese (which has no spaces to tell a filler from a topic)."""
     if ex.category == "plain":  # a greeting has no value: a word before it, never one that changes its kind
-        lead = rng.choice(_PLAIN_FILLERS[ex.lang]) if rng.random() < 0.6 else (
-            _pseudo_word(rng) if ex.lang == "en" else "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(1, 2))))
+        lead = rng.choice(_PLAIN_FILLERS[ex.lang]) if rng.random() < 0.6 else _made_up_filler(ex.lang, rng)
         if ex.lang == "zh":
             return lead + rng.choice(["，", "", " "]) + text
         return lead[0].upper() + lead[1:] + rng.choice([", ", " ", "! "]) + text
     start = _first_value(text, ex)
-    fills = [rng.choice(_FILLERS[ex.lang]) if rng.random() < 0.6 else
-             (_pseudo_word(rng) if ex.lang == "en" else "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(1, 2))))
+    fills = [rng.choice(_FILLERS[ex.lang]) if rng.random() < 0.6 else _made_up_filler(ex.lang, rng)
              for _ in range(rng.choice([1, 1, 2]))]
     if ex.lang == "zh":
         return "".join(fills) + rng.choice(["，", "", " ", "："]) + text
@@ -727,6 +727,11 @@ def _add_fillers(text: str, ex: Example, rng: random.Random) -> str:
         lead = " ".join(fills)
         return lead[0].upper() + lead[1:] + rng.choice([", ", " ", ": "]) + text
     return " ".join(words[:at] + fills + words[at:]) + text[start:]
+
+
+def _made_up_filler(lang: str, rng: random.Random) -> str:
+    """A made-up word, or one or two random CJK characters."""
+    return _pseudo_word(rng) if lang == "en" else "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(1, 2)))
 
 
 def _first_value(text: str, ex: Example) -> int:

@@ -117,9 +117,10 @@ SCHEMA_PIECES = (
 # tokens wherever it stands, and each Chinese character stands alone (GLM-4's BPE merges across
 # characters: the last character of 北极蜜蜂 becomes another token in 北极蜜蜂的 than in "北极蜜蜂").
 # Numbers go in groups of up to three digits in both, so a value up to 999 is one token.
+LETTER = r"(?:(?!\p{Han})\p{L})"  # a letter of a Latin-script (or any non-Han) word
 SPLITS = {
     "glm4": None,  # glm_runtime.tokenizer.GLM4_PATTERN
-    "words": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}|(?:(?!\p{Han})\p{L})+|\p{N}{1,3}|[^\s\p{L}\p{N}]+[\r\n]*"
+    "words": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}|" + LETTER + r"+|\p{N}{1,3}|[^\s\p{L}\p{N}]+[\r\n]*"
              r"|\s*[\r\n]+|\s",
     "letters": None,  # "words", with rare words spelled: letters_split, built from the corpus
 }
@@ -156,7 +157,7 @@ def known_words(texts: list[str], min_count: int, exclude=data.is_slot_word) -> 
 
     counts: dict[str, int] = {}
     for t in texts:
-        for w in set(regex.findall(r"(?:(?!\p{Han})\p{L})+", t)):
+        for w in set(regex.findall(LETTER + "+", t)):
             counts[w] = counts.get(w, 0) + 1
     return sorted(w for w, c in counts.items() if c >= min_count and len(w) > 1 and not exclude(w))
 
@@ -165,9 +166,8 @@ def letters_split(words: list[str]) -> str:
     """The `words` split, except that a Latin-script word not in `words` is spelled one letter per
     token, so every word the tokenizer was not built for (a made-up training word, a held-out
     topic, a user's name) is written from the same 52 symbols the model copies all through training."""
-    known = _trie_pattern(words)
-    return (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{Han}|(?<!\p{L})" + known + r"(?!\p{L})|(?:(?!\p{Han})\p{L})"
-            r"|\p{N}{1,3}|[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s")
+    known = r"(?<!\p{L})" + _trie_pattern(words) + r"(?!\p{L})"
+    return SPLITS["words"].replace("|" + LETTER + "+|", f"|{known}|{LETTER}|", 1)
 
 
 def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Path, kind: str = "bpe",
@@ -276,6 +276,12 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
         raise ValueError("ngram is 1 or 2; 2 needs 2+ query heads per key/value head and 8+ unrotated dims")
     gen = torch.Generator().manual_seed(seed)
 
+    def matched(C, B, A):
+        """The query rows that read a token as key rows `C` read it once layer 0 wrote it (B @ A),
+        each scaled to its key row's norm."""
+        M = C @ B @ A
+        return M / M.norm(dim=1, keepdim=True) * C.norm(dim=1, keepdim=True)
+
     def randn(*shape):
         return torch.randn(*shape, generator=gen)
 
@@ -323,19 +329,15 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
                 proj.bias[rows] = 0.0
             if ngram == 1:
                 C = randn(npass, dp) / dp ** 0.5
-                M = C @ B @ A
-                M = M / M.norm(dim=1, keepdim=True) * C.norm(dim=1, keepdim=True)
                 a1.k_proj.weight[c * hd + rot: (c + 1) * hd, dt:] = C
-                a1.q_proj.weight[h * hd + rot: (h + 1) * hd, :dt] = match * M
+                a1.q_proj.weight[h * hd + rot: (h + 1) * hd, :dt] = match * matched(C, B, A)
             else:
                 n1 = npass // 2
                 k0, q0 = c * hd + rot, h * hd + rot
                 # the current token against the key's previous token (first half of the subspace)
                 C1 = randn(n1, half) / half ** 0.5
-                M1 = C1 @ B @ A
-                M1 = M1 / M1.norm(dim=1, keepdim=True) * C1.norm(dim=1, keepdim=True)
                 a1.k_proj.weight[k0: k0 + n1, dt: dt + half] = C1
-                a1.q_proj.weight[q0: q0 + n1, :dt] = match * M1
+                a1.q_proj.weight[q0: q0 + n1, :dt] = match * matched(C1, B, A)
                 # the previous token against the key's token two back: both are written through B,
                 # so the query reads the first half with the key's matrix, scaled as M1 is (layer 1's
                 # norm divides the residual by its RMS, the embeddings' RMS: the query reads the
@@ -622,9 +624,8 @@ def main(argv=None) -> str:
             "tokenizer": args.tokenizer, "tie": args.tie, "bf16": args.bf16, "copy_circuit": args.copy_circuit,
             "circuit_lr": args.circuit_lr}
     meta |= {"copy_ngram": args.copy_ngram, "copy_gain": args.copy_gain, "split": args.split, "rotary": args.rotary,
-             "fast_loss": args.fast_loss, "plain_weight": args.plain_weight, "vary_ends": args.vary_ends}
-    if args.split == "letters" or args.fillers:  # absent from earlier runs' records: their settings stay readable
-        meta |= {"min_word_count": args.min_word_count, "fillers": args.fillers}
+             "fast_loss": args.fast_loss, "plain_weight": args.plain_weight, "vary_ends": args.vary_ends,
+             "min_word_count": args.min_word_count, "fillers": args.fillers}
     t1, seen, avg = time.time(), 0, None
     for step in range(1, args.steps + 1):
         if not queue:
