@@ -70,6 +70,14 @@ def test_error_is_ansi_free(session):
     assert r.is_error and "ZeroDivisionError" in r.content and "\x1b" not in r.content
 
 
+def test_syntax_error_ends_like_every_observation(session):
+    # IPython ends a SyntaxError's traceback with a newline, a NameError's without one
+    for code in ("print(1 + 2", "pritn(3)"):
+        r = call(session, code)
+        assert r.is_error and r.content == r.content.rstrip() and r.content.splitlines()[-1].endswith(
+            ("SyntaxError: incomplete input", "NameError: name 'pritn' is not defined"))
+
+
 def test_output_is_bounded_head_and_tail(session):
     r = call(session, "print('HEAD' + 'x' * 100000 + 'TAIL')")
     assert len(r.content) < 2200

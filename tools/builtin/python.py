@@ -47,6 +47,9 @@ def _bound(text: str, limit: int) -> str:
 def render(result: Execution, images: list[str], limit: int) -> str:
     """The text the model reads for one execution: output, result, images, error, notes.
 
+    Each part loses its trailing newlines (a print's, or the one IPython leaves after a
+    SyntaxError's caret), so an observation never ends in a blank line whatever raised it.
+
         >>> render(Execution(status="ok", stdout="2\\n"), [], 1000)
         '2'
     """
@@ -60,7 +63,7 @@ def render(result: Execution, images: list[str], limit: int) -> str:
             parts.append(d.data["text/plain"])
     parts.extend(f"[image saved: {name}]" for name in images)
     if result.error is not None:
-        parts.append(result.error.traceback or f"{result.error.ename}: {result.error.evalue}")
+        parts.append((result.error.traceback or f"{result.error.ename}: {result.error.evalue}").rstrip("\n"))
     parts.extend(f"[sandbox: {note}]" for note in result.notes)
     text = _strip_ansi("\n".join(parts))
     return _bound(text, limit)
