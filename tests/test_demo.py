@@ -94,6 +94,23 @@ def _letters_tokenizer(tmp_path, words):
     return lambda s: [tok.decode([i]) for i in tok.encode(s, add_special_tokens=False)]
 
 
+def test_evaluation_declares_the_functions_in_the_examples_order(tmp_path):
+    # the evaluation's prompt must be the one the example renders, so its --tools file keeps the order
+    import evaluate as demo_eval  # scripts/demo/evaluate.py
+    from tools.registry import ToolRegistry
+
+    exs = [e for e in data.generate("function", 60, seed=3, split="eval")
+           if sum(s.kind == "function" for s in e.tools) == 2]
+    assert {e.tools[-1].name == e.expect["tool"] for e in exs} == {True, False}  # the target first or last
+    for k, ex in enumerate(exs[:6]):
+        f = tmp_path / f"tools_{k}.py"
+        f.write_text(demo_eval.user_tools_file(ex), encoding="utf-8")
+        reg = ToolRegistry(workdir=tmp_path)
+        reg.load(str(f))
+        assert [s.name for s in reg.specs()] == [s.name for s in ex.tools if s.kind == "function"]
+        assert [s.parameters for s in reg.specs()] == [s.parameters for s in ex.tools if s.kind == "function"]
+
+
 def test_letters_split_keeps_known_words_and_spells_every_other_word(tmp_path):
     import train
 

@@ -133,11 +133,11 @@ class Tools:
 
 
 def user_tools_file(ex: data.Example) -> str:
-    """A `--tools` file defining every function the example declares."""
-    defs = {d["name"]: d for d in ex.functions}
-    for spec in ex.tools:
-        if spec.kind == "function" and spec.name not in defs:
-            defs[spec.name] = _defn_from_spec(spec)
+    """A `--tools` file defining every function the example declares, in the example's order (the
+    registry declares them in the file's order, so the prompt is the one the example renders)."""
+    known = {d["name"]: d for d in ex.functions}
+    defs = {s.name: known.get(s.name) or _defn_from_spec(s) for s in ex.tools if s.kind == "function"}
+    defs |= {n: d for n, d in known.items() if n not in defs}
     return "from tools import tool\n\n\n" + "\n\n".join(data.function_source(d) for d in defs.values())
 
 
