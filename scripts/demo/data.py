@@ -254,7 +254,17 @@ _FILL_EN = ["Researchers continue to collect new data.", "Local groups publish u
 _FILL_ZH = ["研究人员仍在收集新的数据。", "当地机构每年发布更新。", "完整报告中列出了更多细节。"]
 
 
-_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwxz", "aeiou"
+# made-up words: syllables of an onset, a vowel and an optional coda, so every letter of the alphabet
+# and the clusters of English words (str, ck, ght, qu, ...) are copied in training, at lengths up to
+# an "observatories"; trained on consonant-vowel words without q or y, of at most 9 letters, the
+# model wrote "guantum" for "quantum" and stopped "telescopes" at "teles"
+_ONSETS = list("bcdfghjklmnprstvwxyz") * 3 + ["qu", "bl", "br", "ch", "cl", "cr", "dr", "fl", "fr", "gl", "gr",
+                                             "kn", "ph", "pl", "pr", "sc", "sh", "sk", "sl", "sm", "sn", "sp",
+                                             "st", "str", "sw", "th", "tr", "tw", "wh", "wr"]
+_NUCLEI = list("aeiou") * 6 + ["y", "ai", "au", "ea", "ee", "ei", "ie", "oa", "oo", "ou", "ue"]
+_CODAS = [""] * 40 + list("bcdfgklmnprstvxz") * 2 + ["ck", "ct", "ft", "ght", "ld", "lt", "mp", "nch", "nd", "ng",
+                                                        "nk", "nt", "pt", "rd", "rk", "rm", "rn", "rt", "sh", "sk",
+                                                        "sp", "ss", "st", "th", "tch"]
 
 
 def _held_out_words() -> tuple[set[str], set[str]]:
@@ -281,12 +291,15 @@ def _is_syllables(w: str) -> bool:
 
 
 def _pseudo_word(rng: random.Random) -> str:
-    """A made-up word of 1-3 syllables that contains no held-out word or syllable."""
+    """A made-up word of 1-4 syllables (3-14 letters) that contains no held-out word or syllable."""
     words, sylls = _held_out_words()
     while True:
-        w = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + (rng.choice(_CONSONANTS) if rng.random() < 0.4 else "")
-                    for _ in range(rng.randint(1, 3)))
-        if len(w) >= 3 and w not in words and not any(x in w for x in sylls):
+        n = rng.choice([1, 1, 2, 2, 2, 3, 3, 4])
+        w = "".join(("" if k == 0 and rng.random() < 0.15 else rng.choice(_ONSETS)) + rng.choice(_NUCLEI)
+                    + rng.choice(_CODAS) for k in range(n))
+        if rng.random() < 0.2:
+            w += "s"
+        if 3 <= len(w) <= 14 and w not in words and not any(x in w for x in sylls):
             return w
 
 
@@ -457,7 +470,9 @@ def _function(rng: random.Random, split: str) -> tuple[ToolSpec, dict[str, Any]]
     if rng.random() < 0.5:
         name += f"_{rng.choice(['info', 'data', 'value', 'stats', 'now', 'v2'])}"
     thing = rng.choice(_THINGS)
-    params = rng.sample(_PARAMS, rng.choice([1, 1, 2]))
+    # two parameters in half of the training functions (a third in evaluation): copying the second
+    # value, not the first one again, is what a two-parameter call gets wrong
+    params = rng.sample(_PARAMS, rng.choice([1, 2] if split == "train" else [1, 1, 2]))
     defn = {"name": name, "thing": thing, "params": params,
             "description": f"Return the {thing[0]} for the given {' and '.join(p for p, _ in params)}."}
     props = {p: {"type": t} for p, t in params}
@@ -580,16 +595,17 @@ def _plain(rng: random.Random, lang: str, split: str) -> Example:
 
 # ---- an error, then a corrected call ----------------------------------------------------------
 
-def python_error_code(code: str, rng: random.Random) -> tuple[str, str]:
-    """A broken version of `code` and the traceback a Jupyter kernel prints for it."""
+def python_error_code(code: str, rng: random.Random, cell: int = 1) -> tuple[str, str]:
+    """A broken version of `code` and the traceback a Jupyter kernel prints for it as its `cell`th
+    execution (`python` renders it without a trailing newline)."""
     if rng.random() < 0.5:
         bad = code[:-1]  # the closing parenthesis is missing
         caret = " " * (len(bad) + 4)
-        return bad, f"  Cell In[1], line 1\n    {bad}\n{caret}^\nSyntaxError: incomplete input"
+        return bad, f"  Cell In[{cell}], line 1\n    {bad}\n{caret}^\nSyntaxError: incomplete input"
     bad = code.replace("print(", "pritn(", 1)
     return bad, ("---------------------------------------------------------------------------\n"
                  "NameError                                 Traceback (most recent call last)\n"
-                 f"Cell In[1], line 1\n----> 1 {bad}\n\nNameError: name 'pritn' is not defined")
+                 f"Cell In[{cell}], line 1\n----> 1 {bad}\n\nNameError: name 'pritn' is not defined")
 
 
 def function_error_args(task: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
@@ -611,7 +627,8 @@ def _error(rng: random.Random, lang: str, split: str) -> Example:
 
     if rng.random() < 0.5:
         request, code, v, answer = _python_task(rng, lang, split)
-        bad, trace = python_error_code(code, rng)
+        # a session's kernel counts its executions: the error is rarely its first cell
+        bad, trace = python_error_code(code, rng, rng.randint(1, 150) if split == "train" else 1)
         msgs = [Message("system", _date(rng)), Message("user", request), Message("assistant", bad, "python"),
                 Message("observation", trace), Message("assistant", code, "python"), Message("observation", v),
                 Message("assistant", answer.format(v=v))]

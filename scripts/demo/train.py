@@ -525,7 +525,7 @@ def parse_args(argv=None):
                    help="start with a built-in copy circuit (see copy_circuit; default: on)")
     p.add_argument("--circuit-lr", type=float, default=0.25,
                    help="learning-rate factor of the attention layers that hold the copy circuit")
-    p.add_argument("--copy-ngram", type=int, choices=[1, 2, 3], default=2,
+    p.add_argument("--copy-ngram", type=int, choices=[1, 2, 3], default=3,
                    help="tokens of context the copy circuit's induction heads match (see copy_circuit)")
     p.add_argument("--copy-gain", type=float, default=0.2, help="the copy circuit's starting output gain")
     p.add_argument("--split", choices=sorted(SPLITS), default="letters",
