@@ -14,9 +14,9 @@ Prints the time, GB/s of weight bytes read (decode) or GFLOP/s (prefill), and ra
 `ours`; then, per model shape, the decode tok/s the linear layers alone would allow (their
 per-token times summed over all layers and the output projection).
 
-    python3 bench/kernels.py                       # 1b and 9b shapes, n = 1, 128, 512
-    python3 bench/kernels.py --models 1b --rows 1 --json
-    python3 bench/kernels.py --threads 1             # per-core figures, steadier when the machine is busy
+    python3 bench/int4_kernels.py                  # 1b and 9b shapes, n = 1, 128, 512
+    python3 bench/int4_kernels.py --models 1b --rows 1 --json
+    python3 bench/int4_kernels.py --threads 1        # per-core figures, steadier when the machine is busy
 
 Timings on a shared machine are noisy: variants are interleaved round by round and the best of
 each is kept; compare them as ratios within one run.
