@@ -87,8 +87,9 @@ def _turns(engine, *, constrain: bool, seeds=range(6)):
                       parameters={"type": "object", "properties": {"city": {"type": "string"}}}),
              ToolSpec(name="python", description="", kind="python")]
     out = []
+    backend = LocalBackend(engine, constrain_calls=constrain)  # one: its token table is built once
     for seed in seeds:
-        backend = LocalBackend(engine, sampling=SamplingParams(temperature=1.0, seed=seed), constrain_calls=constrain)
+        backend.sampling = SamplingParams(temperature=1.0, seed=seed)
         done = [c for c in backend.stream([Message("user", f"weather {seed}?")], tools, max_new_tokens=24)
                 if isinstance(c, TurnDone)]
         out.append(done[0])
