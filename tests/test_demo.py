@@ -59,17 +59,37 @@ def test_fillers_go_before_the_values_and_keep_them():
 
     exs = [e for e in data.mixture(600, seed=5) if e.messages[1].role == "user"]
     rng = random.Random(0)
-    changed = 0
+    changed = right_before_a_number = 0
     for ex in exs:
         text = ex.messages[1].content
         start = 0 if ex.category == "plain" else data._first_value(text, ex)  # a greeting: only before it
         new = data._add_fillers(text, ex, rng)
         assert new.endswith(text[start:]) and len(new) > len(text)  # the values and what follows are untouched
-        if ex.lang == "en" and text[:start].count(" ") >= 1:  # a word before the value: fillers go before it
+        if ex.lang == "en" and text[:start].count(" ") >= 1:  # a word before the value
             before = new[: len(new) - len(text) + start].split(" ")
-            assert before[-2] == text[:start].split(" ")[-2]
+            number = ex.expect.get("tool") == "python" and text[start:start + 1].isdigit()
+            if before[-2] != text[:start].split(" ")[-2]:  # right before it only if it is a number
+                assert number, (text, new)
+                right_before_a_number += 1
         changed += new != text
-    assert changed == len(exs) > 100
+    assert changed == len(exs) > 100 and right_before_a_number > 5
+
+
+def test_made_up_chinese_uses_the_whole_block_and_no_held_out_topic():
+    import random
+
+    rng = random.Random(0)
+    topics = [data._zh_made_up(rng, 2, 5) for _ in range(5000)]
+    chars = set("".join(topics))
+    assert len(chars) > 9000 and all(0x4E00 <= ord(c) <= 0x9FA5 for c in chars)
+    assert chars & set("".join(data._ZH_HELD))  # the held-out topics' characters, as held-out words' letters
+    assert not any(h in t for t in topics for h in data._ZH_HELD)
+
+
+def test_a_quote_inside_a_word_is_not_where_a_value_starts():
+    ex = data.generate("python", 1, seed=0)[0]
+    assert data._first_value("Let's compute 12 + 5.", ex) == len("Let's compute ")
+    assert data._first_value("How long is 'banana'?", ex) == len("How long is ")
 
 
 def test_no_training_phrasing_is_a_held_out_one_but_for_punctuation():
@@ -320,11 +340,11 @@ def _held_out(category: str, n: int = 2) -> list[data.Example]:
 
 
 # The shipped weights meet the 90% task-success bar in two categories of six (see MODEL_CARD.md:
-# python 86.5%, browser 77.0%, cogview 100%, function 79.0%, plain 60.0%, error 95.5% of 200
+# python 83.5%, browser 85.5%, cogview 100%, function 77.0%, plain 62.0%, error 94.0% of 200
 # held-out conversations each, tool names constrained as glm-agent does by default). The tests below
-# run two held-out conversations per category (one English, one Chinese); the browser and plain
-# ones fail with these weights and are marked xfail, strict: once better weights pass one, the run
-# fails with XPASS, so the marker cannot outlive the problem.
+# run two held-out conversations per category (one English, one Chinese); the plain ones fail with
+# these weights and are marked xfail, strict: once better weights pass them, the run fails with
+# XPASS, so the marker cannot outlive the problem.
 BELOW_BAR = pytest.mark.xfail(reason="the shipped demo weights are below the task-success bar; see MODEL_CARD.md",
                               strict=True)
 
@@ -353,7 +373,6 @@ def test_demo_model_computes_with_the_sandboxed_python_tool(harness):
 @pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.browser
-@BELOW_BAR
 def test_demo_model_searches_opens_and_cites(harness):
     for ex in _held_out("browser"):
         assert harness(ex)["ok"]

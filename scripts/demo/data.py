@@ -81,18 +81,19 @@ def _bare(text: str) -> str:
 _MORE = {
     "arith_en": ["{a} {op} {b}", "Quick: {a} {op} {b}?", "Work out {a} {op} {b} for me.", "What do you get for {a} {op} {b}?",
                  "Find {a} {op} {b}.", "Evaluate {a} {op} {b}.", "Could you compute {a} {op} {b}?", "Result of {a} {op} {b}?",
-                 "I need {a} {op} {b}.", "Do the math: {a} {op} {b}."],
+                 "I need {a} {op} {b}.", "Do the math: {a} {op} {b}.", "Let's compute {a} {op} {b}.",
+                 "I'd like {a} {op} {b}.", "Here's one: {a} {op} {b}", "Who's got {a} {op} {b}?"],
     "arith_zh": ["{a} {op} {b}", "{a} {op} {b} 得多少？", "帮我算 {a} {op} {b}", "请计算 {a} {op} {b} 的值", "{a} {op} {b} 结果是多少",
                  "算出 {a} {op} {b}", "告诉我 {a} {op} {b} 等于几"],
-    "sum_en": ["Total of {items}?", "Please sum {items}.", "Sum of {items}?", "Add {items} together."],
+    "sum_en": ["Total of {items}?", "Please sum {items}.", "Sum of {items}?", "Add {items} together.", "Let's add {items}."],
     "sum_zh": ["{items} 加起来是多少？", "请求和：{items}", "{items} 的总数"],
-    "max_en": ["Max of {items}?", "Which of {items} is largest?", "Largest number among {items}?", "Find the biggest of {items}."],
+    "max_en": ["Max of {items}?", "Which of {items} is largest?", "Largest number among {items}?", "Find the biggest of {items}.", "Where's the max in {items}?"],
     "max_zh": ["{items} 哪个最大？", "{items} 的最大数", "最大值：{items}"],
-    "min_en": ["Min of {items}?", "Which of {items} is smallest?", "Smallest number among {items}?", "Find the lowest of {items}."],
+    "min_en": ["Min of {items}?", "Which of {items} is smallest?", "Smallest number among {items}?", "Find the lowest of {items}.", "I'd like the min of {items}."],
     "min_zh": ["{items} 哪个最小？", "{items} 的最小数", "最小值：{items}"],
-    "mean_en": ["Mean of {items}?", "Average of {items}, please.", "Calculate the average of {items}.", "What is the mean of {items}?"],
+    "mean_en": ["Mean of {items}?", "Average of {items}, please.", "Calculate the average of {items}.", "What is the mean of {items}?", "Let's average {items}."],
     "mean_zh": ["{items} 的平均是多少？", "求平均：{items}", "{items} 平均下来是多少"],
-    "sort_en": ["Order {items} from low to high.", "Sort {items}.", "Please sort {items} ascending.", "{items} sorted, please."],
+    "sort_en": ["Order {items} from low to high.", "Sort {items}.", "Please sort {items} ascending.", "{items} sorted, please.", "Let's sort {items}."],
     "sort_zh": ["{items} 排个序", "把 {items} 排序", "升序排列 {items}"],
     "len_en": ["Length of '{w}'?", "How many characters does '{w}' have?", "Count the letters of '{w}'.", "len of '{w}'?"],
     "len_zh": ["'{w}' 有多少个字母？", "'{w}' 的字符数是多少？", "计算 '{w}' 的长度"],
@@ -304,20 +305,32 @@ def _pseudo_word(rng: random.Random) -> str:
 
 
 def _zh_chars() -> str:
-    """A fixed pool of CJK characters for made-up Chinese topics, without the held-out topics' characters."""
-    held = set("".join(_TOPIC_ZH_A[1::2] + _TOPIC_ZH_N[1::2]))
-    pool = random.Random("zh-chars").sample(range(0x4E00, 0x9FA6), 900)
-    return "".join(c for c in map(chr, pool) if c not in held)
+    """The CJK characters made-up Chinese topics and fillers are drawn from: the whole CJK Unified
+    Ideographs block (U+4E00-U+9FA5), the held-out topics' characters included, as the letters of
+    held-out English words are (a made-up topic never contains a held-out topic word, `_zh_made_up`).
 
-
+    Each character is one to three tokens, pieces of its UTF-8 bytes; what the model copies in a
+    held-out topic must be pieces it has written in training. A fixed pool of 900 characters without
+    the held-out ones left pieces of them never written (the last piece of 礁, all of 物): the model
+    wrote `珊瑚` for `珊瑚礁` and `植` for `植物森林`."""
+    return "".join(map(chr, range(0x4E00, 0x9FA6)))
 _ZH_POOL = _zh_chars()
+_ZH_HELD = tuple(_TOPIC_ZH_A[1::2] + _TOPIC_ZH_N[1::2])
+
+
+def _zh_made_up(rng: random.Random, low: int, high: int) -> str:
+    """`low` to `high` random CJK characters that contain no held-out topic word."""
+    while True:
+        w = "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(low, high)))
+        if not any(h in w for h in _ZH_HELD):
+            return w
 
 
 def _topic(rng: random.Random, lang: str, split: str) -> str:
     if split == "train" and rng.random() < 0.6:  # made-up topics: learn to copy any words, not these
         if lang == "en":
             return " ".join(_pseudo_word(rng) for _ in range(rng.choice([1, 2, 2, 3])))
-        return "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(2, 5)))
+        return _zh_made_up(rng, 2, 5)
     if lang == "en":
         return f"{rng.choice(_half(_TOPIC_A, split))} {rng.choice(_half(_TOPIC_N, split))}"
     return rng.choice(_half(_TOPIC_ZH_A, split)) + rng.choice(_half(_TOPIC_ZH_N, split))
@@ -563,23 +576,29 @@ _PLAIN = {
 
 _PLAIN_MORE = {  # training-only, in the order of _PLAIN's groups
     "en": [["Hi there", "Hello there", "Hey!", "Good afternoon", "Howdy", "Greetings", "Hi, assistant", "Yo",
-            "Morning!", "Hello everyone", "Hi friend"],
+            "Morning!", "Hello everyone", "Hi friend",
+            "Hiya", "Hey hey", "Good day", "Hi again", "Heya", "Hi, good to see you"],
            ["Who is this?", "Tell me about yourself.", "Are you a bot?", "Which model are you?", "What model is this?",
-            "Who am I talking to?", "What should I call you?"],
+            "Who am I talking to?", "What should I call you?",
+            "Who made you?", "Are you an AI?", "What kind of assistant are you?", "Tell me who you are."],
            ["Thanks", "Thank you!", "Many thanks.", "Thanks so much!", "Cheers, thanks", "Thank you very much",
-            "Perfect, thanks.", "Much appreciated.", "I appreciate it, thanks"],
+            "Perfect, thanks.", "Much appreciated.", "I appreciate it, thanks",
+            "Thx", "Thanks again", "Awesome, thanks!", "Nice, thanks", "OK thanks", "Thank you so much"],
            ["How are things?", "How's it going?", "Are you ok?", "How do you do?", "Is anyone there?",
-            "How have you been?", "How's your day?"],
+            "How have you been?", "How's your day?",
+            "How are you today?", "How's everything?", "You doing ok?", "Still there?", "Are you around?"],
            ["Goodbye", "Bye!", "See you", "Farewell", "Good night", "Later!", "Catch you later", "Talk to you soon",
-            "Bye for now"],
+            "Bye for now",
+            "Bye now", "See ya", "Take care", "Have a good one", "I'm leaving, bye", "See you tomorrow"],
            ["What can you help with?", "What are you able to do?", "Help me", "What do you do?", "Show me what you can do.",
-            "What are your skills?", "Can you assist me?", "I need some help."]],
-    "zh": [["你好！", "嗨，你好", "下午好", "喂", "哈喽你好", "大家好", "早安", "中午好", "嘿", "有人吗？"],
-           ["你是谁", "你是什么模型？", "请介绍一下自己", "你是机器人吗？", "你叫啥？", "我在跟谁说话？"],
-           ["谢谢！", "感谢", "太感谢了", "谢啦", "多谢你", "辛苦了，谢谢", "感激不尽"],
-           ["你好吗", "过得好吗？", "最近好吗？", "你怎么样？", "最近过得如何？"],
-           ["再见！", "拜拜！", "明天见", "晚安", "先走了，再见", "周末见", "一会儿见", "改天见"],
-           ["你能干什么？", "你可以帮我做什么？", "你有哪些本领？", "帮我一下", "你会些什么？", "你有什么用？"]],
+            "What are your skills?", "Can you assist me?", "I need some help.",
+            "How do you work?", "What are your features?", "What tools can you use?", "What are you good at?"]],
+    "zh": [["你好！", "嗨，你好", "下午好", "喂", "哈喽你好", "大家好", "早安", "中午好", "嘿", "有人吗？", "嗨嗨", "哈啰", "喂，你好", "上午好"],
+           ["你是谁", "你是什么模型？", "请介绍一下自己", "你是机器人吗？", "你叫啥？", "我在跟谁说话？", "你是哪个模型？", "说说你是谁", "你是人工智能吗？"],
+           ["谢谢！", "感谢", "太感谢了", "谢啦", "多谢你", "辛苦了，谢谢", "感激不尽", "谢了", "万分感谢", "好的，谢谢", "谢谢啦"],
+           ["你好吗", "过得好吗？", "最近好吗？", "你怎么样？", "最近过得如何？", "你今天好吗？", "最近还好吧？", "近来可好？", "一切都好吗？"],
+           ["再见！", "拜拜！", "明天见", "晚安", "先走了，再见", "周末见", "一会儿见", "改天见", "回见", "我走了，拜", "明儿见", "再会"],
+           ["你能干什么？", "你可以帮我做什么？", "你有哪些本领？", "帮我一下", "你会些什么？", "你有什么用？", "你能帮我什么？", "你都会什么？", "你有什么技能？", "你擅长什么？"]],
 }
 
 
@@ -685,13 +704,14 @@ WEIGHTS = {"python": 3, "browser": 3, "cogview": 2, "function": 3, "plain": 1, "
 
 
 def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_ends: float = 0.0,
-            fillers: float = 0.0) -> list[Example]:
+            fillers: float = 0.0, vary_case: float = 0.0) -> list[Example]:
     """A shuffled training mixture of all categories.
 
     `vary_ends`: the share of requests whose closing punctuation is changed (`_vary_end`), as people
     type with or without it. `fillers`: the share of requests with a word or two put before their
     values, or before a greeting (`_add_fillers`), so that the model finds the values wherever the
-    phrasing puts them and a request's kind whatever comes first."""
+    phrasing puts them and a request's kind whatever comes first. `vary_case`: the share of English
+    requests that start with a small letter ("thanks", "look up ..."), as people type them."""
     weights = weights or WEIGHTS
     total = sum(weights.values())
     out: list[Example] = []
@@ -704,6 +724,9 @@ def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_
             ex.messages[1] = Message("user", _vary_end(ex.messages[1].content, ex.lang, rng))
         if fillers and rng.random() < fillers:
             ex.messages[1] = Message("user", _add_fillers(ex.messages[1].content, ex, rng))
+        if vary_case and ex.lang == "en" and rng.random() < vary_case:
+            text = ex.messages[1].content
+            ex.messages[1] = Message("user", text[:1].lower() + text[1:])
         if rng.random() < 0.15:
             _prepend_exchange(ex, rng)
     return out
@@ -739,7 +762,11 @@ def _add_fillers(text: str, ex: Example, rng: random.Random) -> str:
     if ex.lang == "zh":
         return "".join(fills) + rng.choice(["，", "", " ", "："]) + text
     words = text[:start].split(" ")  # the last is "" when a space comes before the value
-    at = rng.randrange(max(1, len(words) - 1))
+    # a word right before a number can't be read as part of it: a made-up word there is what a
+    # held-out "Solve 769 minus 467" looks like (spelled "Solve"), which the model copied as
+    # `print(7o - 467)` when training never put one there; before a topic or a name it would merge
+    number = ex.expect.get("tool") == "python" and start < len(text) and text[start].isdigit()
+    at = rng.randrange(max(1, len(words) - (0 if number else 1)))
     if at == 0:
         lead = " ".join(fills)
         return lead[0].upper() + lead[1:] + rng.choice([", ", " ", ": "]) + text
@@ -748,7 +775,7 @@ def _add_fillers(text: str, ex: Example, rng: random.Random) -> str:
 
 def _made_up_filler(lang: str, rng: random.Random) -> str:
     """A made-up word, or one or two random CJK characters."""
-    return _pseudo_word(rng) if lang == "en" else "".join(rng.choice(_ZH_POOL) for _ in range(rng.randint(1, 2)))
+    return _pseudo_word(rng) if lang == "en" else _zh_made_up(rng, 1, 2)
 
 
 def _first_value(text: str, ex: Example) -> int:
@@ -757,7 +784,8 @@ def _first_value(text: str, ex: Example) -> int:
     values = [e["query"]] if "query" in e else [str(v) for v in e.get("args", {}).values()]
     values += e.get("words", [])[:1]
     found = [text.find(v) for v in values if v and text.find(v) >= 0]
-    digits = next((i for i, c in enumerate(text) if c.isdigit() or c == "'"), len(text))
+    digits = next((i for i, c in enumerate(text)  # a number, or the quote that opens a word ("Let's" has none)
+                   if c.isdigit() or (c == "'" and (i == 0 or not text[i - 1].isalnum()))), len(text))
     return min(found + [digits])
 
 

@@ -548,6 +548,8 @@ def parse_args(argv=None):
                         "function 3, error 2")
     p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
+    p.add_argument("--vary-case", type=float, default=0.25,
+                   help="the share of English training requests that start with a small letter")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="matrix products in bfloat16 (autocast; the weights stay float32): 1.6x faster here")
     p.add_argument("--tokenizer", choices=["bytes", "bpe"], default="bpe",
@@ -593,7 +595,7 @@ def main(argv=None) -> str:
     t0 = time.time()
     weights = data.WEIGHTS | {"plain": args.plain_weight}
     examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends,
-                            fillers=args.fillers)
+                            fillers=args.fillers, vary_case=args.vary_case)
     bare = _bare_tokenizer(template)
     from glm_runtime.chat_format import render
 
@@ -640,7 +642,8 @@ def main(argv=None) -> str:
             "circuit_lr": args.circuit_lr}
     meta |= {"copy_ngram": args.copy_ngram, "copy_gain": args.copy_gain, "split": args.split, "rotary": args.rotary,
              "fast_loss": args.fast_loss, "plain_weight": args.plain_weight, "vary_ends": args.vary_ends,
-             "min_word_count": args.min_word_count, "fillers": args.fillers}
+             "min_word_count": args.min_word_count, "fillers": args.fillers,
+             "vary_case": args.vary_case}
     t1, seen, avg = time.time(), 0, None
     for step in range(1, args.steps + 1):
         if not queue:
