@@ -236,6 +236,37 @@ def test_segment_attention_is_the_packed_mask_without_building_it():
     assert not torch.allclose(leaky, ref_loss)
 
 
+
+def test_segment_attention_splits_with_the_same_values_and_gradients_bit_for_bit():
+    # training's attention splits each row into its conversations instead of slicing them (a
+    # slice's backward fills a zero tensor of the whole input per conversation); the shipped
+    # weights were trained with slices, so the split must not change a single bit
+    import torch
+    import torch.nn.functional as F
+    import train
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, h, 40, 8, requires_grad=True) for h in (4, 2, 2))
+    segments = [[(0, 13), (13, 31), (31, 40)], [(0, 40)]]
+
+    def sliced():
+        k2, v2 = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+        rows = [torch.cat([F.scaled_dot_product_attention(q[r: r + 1, :, a:b], k2[r: r + 1, :, a:b],
+                                                          v2[r: r + 1, :, a:b], is_causal=True) for a, b in spans], 2)
+                for r, spans in enumerate(segments)]
+        return torch.cat(rows, 0).transpose(1, 2)
+
+    outs, grads = [], []
+    for fn in (sliced, lambda: train.segment_attention(None, q, k, v, None, segments=segments)[0]):
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([t.grad.clone() for t in (q, k, v)])
+        for t in (q, k, v):
+            t.grad = None
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
 def _copy_rate(ngram: int, *, spaced: bool, alphabet: int = 0) -> float:
     """How often the untrained model with the built-in copy circuit predicts the next token of a
     span it has seen before: random "words" (ids), alone or each followed by one separator token
