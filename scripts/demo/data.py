@@ -314,6 +314,8 @@ def _zh_chars() -> str:
     the held-out ones left pieces of them never written (the last piece of 礁, all of 物): the model
     wrote `珊瑚` for `珊瑚礁` and `植` for `植物森林`."""
     return "".join(map(chr, range(0x4E00, 0x9FA6)))
+
+
 _ZH_POOL = _zh_chars()
 _ZH_HELD = tuple(_TOPIC_ZH_A[1::2] + _TOPIC_ZH_N[1::2])
 
