@@ -236,7 +236,6 @@ def test_segment_attention_is_the_packed_mask_without_building_it():
     assert not torch.allclose(leaky, ref_loss)
 
 
-
 def test_segment_attention_splits_with_the_same_values_and_gradients_bit_for_bit():
     # training's attention splits each row into its conversations instead of slicing them (a
     # slice's backward fills a zero tensor of the whole input per conversation); the shipped
@@ -266,6 +265,7 @@ def test_segment_attention_splits_with_the_same_values_and_gradients_bit_for_bit
             t.grad = None
     assert torch.equal(outs[0], outs[1])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
 
 def _copy_rate(ngram: int, *, spaced: bool, alphabet: int = 0) -> float:
     """How often the untrained model with the built-in copy circuit predicts the next token of a
