@@ -158,6 +158,7 @@ class Engine:
         self.prefill_chunk = _PREFILL_CHUNK
         self._lock = threading.Lock()
         self._epoch = 0
+        self._cache_arg = _cache_argument(model)
 
     # ---- text helpers (the engine itself speaks ids) ----
 
@@ -271,7 +272,7 @@ class Engine:
                         logits = self.decoder.step(chunk[0], self.cache.past)
                     else:
                         inp = torch.tensor([chunk], dtype=torch.long, device=self.device)
-                        logits = self.model(input_ids=inp, past_key_values=self.cache.past, use_cache=True,
+                        logits = self.model(input_ids=inp, **{self._cache_arg: self.cache.past}, use_cache=True,
                                             logits_to_keep=1).logits[0, -1]
                     self.cache.extend(chunk)
                     logits = logits.float()
@@ -310,6 +311,18 @@ class Engine:
 # ---- loading ----
 
 Quantize = Literal["int4", "int8", "none", "auto"]
+
+
+def _cache_argument(model) -> str:
+    """The name `model.forward` takes the KV cache by: transformers 5 renamed `past_key_values` to
+    `cache` (the old name still works there but warns, and goes in 5.40); 4.x knows only the old one."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def load_engine(model: str | os.PathLike, *, quantize: Quantize = "auto", dtype: str = "auto",

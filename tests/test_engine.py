@@ -50,6 +50,25 @@ def test_generate_streams_one_token_at_a_time(engine, prompt):
     assert len(rest) == 2 and engine.last_stats.stop_reason == "length" and engine.last_stats.new_tokens == 3
 
 
+def test_the_cache_goes_by_the_name_the_installed_transformers_takes(engine, prompt):
+    # transformers 5 renamed forward's `past_key_values` to `cache`; the old name warns there and
+    # goes in 5.40, so the engine passes whichever name the model's forward declares
+    import inspect
+    import warnings
+
+    assert engine._cache_arg in inspect.signature(engine.model.forward).parameters
+    engine.reset_cache()
+    engine.decoder, decoder = None, engine.decoder  # every token through the model's forward
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            list(engine.generate(prompt, max_new_tokens=3))
+    finally:
+        engine.decoder = decoder
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert engine.last_stats.new_tokens == 3
+
+
 @pytest.mark.parametrize("stop_id", STOP_IDS)
 def test_stops_on_every_stop_id_without_yielding_it(engine, prompt, stop_id):
     out = list(engine.generate(prompt, logits_processor=ForcedTokens([9707, 11, 1879], then=stop_id)))
