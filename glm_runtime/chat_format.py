@@ -588,7 +588,9 @@ def _segments_glm4(text: str, final: bool) -> list[_Seg]:
 
 
 def _segments_glm45(text: str, final: bool) -> list[_Seg]:
-    text = text.replace(ASSISTANT, "")
+    # A stray <|assistant|> inside the reply is dropped from what it separates, but the markers are
+    # found with it still there: "<think<|assistant|>>" is text, as it was while it streamed (the
+    # stream had shown "<think" before the ">" came), not a think block that only its removal makes.
     segs: list[_Seg] = []
     pos = 0
     opener = re.compile(re.escape(_THINK) + "|" + re.escape(_CALL))
@@ -602,6 +604,7 @@ def _segments_glm45(text: str, final: bool) -> list[_Seg]:
         j = text.find(closer, m.end())
         body, closed = (text[m.end() :], False) if j < 0 else (text[m.end() : j], True)
         pos = len(text) + 1 if j < 0 else j + len(closer)
+        body = body.replace(ASSISTANT, "")
         if m.group() == _THINK:
             segs.append(_Seg("think", body, closed=closed))
             continue
@@ -616,7 +619,7 @@ def _segments_glm45(text: str, final: bool) -> list[_Seg]:
 def _text_segs(text: str) -> list[_Seg]:
     # A stray </think> (no <think> before it) separates text; a prompt that ends inside a think
     # block should feed "<think>" first, since a streamed reply cannot be re-read afterwards.
-    return [_Seg("text", piece) for piece in text.split(_THINK_END)]
+    return [_Seg("text", piece.replace(ASSISTANT, "")) for piece in text.split(_THINK_END)]
 
 
 def _xml_name_end(body: str) -> int:

@@ -504,6 +504,20 @@ def test_stream_holds_back_a_partial_marker():
     assert glm45.feed("call>f\n") == [ToolCallStarted("f", 0)]
 
 
+def test_glm45_marker_split_by_a_stray_assistant_token_stays_text_as_it_streamed():
+    # found by test_chat_format_fuzz: the stream shows "<think" before the ">" after a stray
+    # <|assistant|> arrives, so dropping that token must not make a think block out of it afterwards
+    for reply, text in [("<think<|assistant|>>plan</thinkk", "<think>plan</thinkk"), ("a</think<|assistant|>>b", "a</think>b")]:
+        parser = StreamParser(fmt="glm45")
+        shown = [e.text for k in range(0, len(reply), 3) for e in parser.feed(reply[k:k + 3]) if isinstance(e, TextDelta)]
+        shown += [e.text for e in parser.flush() if isinstance(e, TextDelta)]
+        turn = parser.finish()
+        assert "".join(shown) == turn.text == text and turn.reasoning == ""
+    # a stray <|assistant|> inside a block is still dropped from it
+    turn = parse("<think>pl<|assistant|>an</think>\nDone.", fmt="glm45")
+    assert (turn.reasoning, turn.text) == ("plan", "Done.")
+
+
 @pytest.mark.parametrize("module", ["glm_runtime.chat_format", "glm_runtime.call_arguments", "glm_runtime.browser_commands", "glm_runtime.tokenizer", "prompts"])
 def test_public_api_is_declared(module):
     mod = importlib.import_module(module)
