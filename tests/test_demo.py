@@ -236,6 +236,49 @@ def test_segment_attention_is_the_packed_mask_without_building_it():
     assert not torch.allclose(leaky, ref_loss)
 
 
+def test_choice_weights_weigh_each_assistant_turns_first_token():
+    """`--choice-weight`: the token that picks the tool (or, a newline, an answer) weighs more in the
+    loss; each weighted position is the first trained token after an `<|assistant|>`, and the loss
+    becomes the weighted mean of the per-token losses."""
+    import random
+
+    import torch
+    import train
+    from transformers import GlmConfig, GlmForCausalLM
+
+    from glm_runtime.tokenizer import GLM4_SPECIAL_TOKENS, load_tokenizer
+
+    tok = load_tokenizer(demo_model_dir())
+    stop = {t: tok.convert_tokens_to_ids(t) for t in GLM4_SPECIAL_TOKENS}
+    exs = data.generate("function", 4, seed=3) + data.generate("error", 2, seed=3)
+    encoded = [data.encode(e, tok, stop) for e in exs]
+    for ex, (ids, labels) in zip(exs, encoded):
+        at = train.choice_positions(ids, labels, stop["<|assistant|>"])
+        trained_turns = [m for m, t in zip(ex.messages, ex.train) if m.role == "assistant" and t]
+        assert len(at) == len(trained_turns)  # the error category's broken call is not trained: not weighted
+        for k, m in zip(at, trained_turns):
+            assert ids[k - 1] == stop["<|assistant|>"] and labels[k] == ids[k]
+            assert tok.decode(ids[k:k + 8]).lstrip("\n").startswith((m.metadata or m.content.strip())[:3])
+    rows = train.batches(encoded, 2048, 2048, random.Random(0))[0]
+    ids, labels, pos, segments = train.collate(encoded, rows, 0)
+    positions = [train.choice_positions(i, l, stop["<|assistant|>"]) for i, l in encoded]
+    w = train.choice_weights(encoded, rows, positions, 20.0, labels.shape)
+    assert int((w == 20).sum()) == sum(len(positions[i]) for i in rows[0])
+    torch.manual_seed(0)
+    cfg = GlmConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, eos_token_id=[0])
+    model = GlmForCausalLM(cfg)
+    train.use_segment_attention(model)
+    plain = train.trained_loss(model, ids, labels, pos, segments)
+    torch.testing.assert_close(train.trained_loss(model, ids, labels, pos, segments, torch.ones(labels.shape)), plain)
+    hidden = model.model(input_ids=ids, position_ids=pos, segments=segments, use_cache=False).last_hidden_state
+    per_token = torch.nn.functional.cross_entropy(model.lm_head(hidden[:, :-1]).transpose(1, 2), labels[:, 1:],
+                                                  reduction="none", ignore_index=-100)
+    scored = labels[:, 1:] != -100
+    expect = (per_token * w[:, 1:])[scored].sum() / w[:, 1:][scored].sum()
+    torch.testing.assert_close(train.trained_loss(model, ids, labels, pos, segments, w), expect)
+
+
 def test_segment_attention_splits_with_the_same_values_and_gradients_bit_for_bit():
     # training's attention splits each row into its conversations instead of slicing them (a
     # slice's backward fills a zero tensor of the whole input per conversation); the shipped
@@ -346,6 +389,37 @@ def test_the_shipped_model_loads_with_the_real_engine():
     official = json.loads((ROOT.parent / "shared" / "glm4" / "tokenizer_config.json").read_text())["chat_template"]
     assert tok.chat_template == official and detect_format(tok) == "glm4"
     assert set(e.stop_ids) == {tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")}
+
+
+@pytest.mark.engine
+def test_selection_probe_asks_for_a_choice_between_the_two_declared_functions():
+    # scripts/demo/probe_selection.py: the evidence that the shipped weights never learned to choose
+    # between two functions (see MODEL_CARD.md) must come from prompts that offer that choice
+    import probe_selection
+    from transformers import AutoModelForCausalLM
+
+    from glm_runtime.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(demo_model_dir())
+    cases = probe_selection.two_function_cases(tok, "eval", 12, seed=5)
+    assert len(cases) == 12
+    exs = [e for e in data.generate("function", 480, seed=5, split="eval")
+           if sum(t.kind == "function" for t in e.tools) == 2]
+    by_prompt = {tuple(c["ids"]): c for c in cases}
+    from glm_runtime.chat_format import render_ids
+    for ex in exs:
+        c = by_prompt.pop(tuple(render_ids(ex.messages[:2], ex.tools, tok, add_generation_prompt=True)), None)
+        if c is None:
+            continue
+        names = [t.name for t in ex.tools if t.kind == "function"]
+        other = next(n for n in names if n != ex.expect["tool"])
+        assert tok.decode([c["target"]]) == tok.tokenize(ex.expect["tool"])[0]  # the name's first token
+        assert tok.decode([c["other"]]) == tok.tokenize(other)[0] != tok.decode([c["target"]])
+        assert c["ids"][-1] == tok.convert_tokens_to_ids("<|assistant|>")
+    assert not by_prompt  # every case is one of the held-out two-function conversations
+    model = AutoModelForCausalLM.from_pretrained(str(demo_model_dir()))
+    r = probe_selection.rates(model, cases)
+    assert r["right"] + r["other"] >= 0.9  # the model names one of the two: the probe reads its choice
 
 
 # ---- the agent loop, driven by the demo model --------------------------------------------------------

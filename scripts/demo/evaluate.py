@@ -12,6 +12,7 @@ Success per category:
   browser   search("<topic>") then mclick; the answer cites 【id†title】 of an opened page
   cogview   cogview called with an English prompt naming the subject; an image was made; an answer
   function  the declared function with exactly the expected arguments; the answer contains its value
+            (reported also apart for one and for two declared functions, where the call must choose)
   plain     no tool call; the reply for that kind of greeting or question
   error     after a real error observation (a broken python call, or invalid function arguments),
             the corrected call succeeds and the answer contains its value
@@ -172,6 +173,7 @@ def run_one(ex: data.Example, backend, tools: Tools, budgets) -> dict:
     obs = [(e.name, e.content, e.is_error) for e in result.events if e.type == "tool_result"]
     ok, why = judge(ex, calls, obs, result.answer, result.error)
     return {"category": ex.category, "lang": ex.lang, "ok": ok, "why": why, "request": ex.messages[1].content,
+            "functions": sum(t.kind == "function" for t in ex.tools),
             "calls": calls, "answer": result.answer, "seconds": round(time.perf_counter() - t0, 3),
             "error": result.error.message if result.error else None}
 
@@ -266,8 +268,15 @@ def main(argv=None) -> dict:
             n_ok = sum(r["ok"] for r in got)
             figures[cat] = {"n": len(got), "success": n_ok / len(got),
                             "en": _rate(got, "en"), "zh": _rate(got, "zh")}
+            choosing = ""
+            if cat == "function":  # choosing between two declared functions is a skill of its own
+                for k, key in ((1, "one_function"), (2, "two_functions")):
+                    sel = [r for r in got if r["functions"] == k]
+                    figures[cat][key] = {"n": len(sel), "success": sum(r["ok"] for r in sel) / len(sel) if sel else None}
+                    if sel:
+                        choosing += f", {key.replace('_', ' ')} declared {figures[cat][key]['success']:.1%} of {len(sel)}"
             print(f"{cat:9s} {n_ok}/{len(got)} = {n_ok / len(got):.1%}  (en {figures[cat]['en']:.1%}, "
-                  f"zh {figures[cat]['zh']:.1%})  {time.time() - t0:.0f}s", flush=True)
+                  f"zh {figures[cat]['zh']:.1%}{choosing})  {time.time() - t0:.0f}s", flush=True)
             if args.verbose:
                 for r in got:
                     if not r["ok"]:

@@ -455,17 +455,43 @@ def collate(encoded, rows: list[list[int]], pad: int):
     return ids, labels, pos, segments
 
 
-def trained_loss(model, ids, labels, pos, segments):
+def trained_loss(model, ids, labels, pos, segments, weights=None):
     """The mean next-token cross-entropy over the trained positions, with the output projection run
     only there: most of a row (78%) is prompt and observations, which carry no loss. The same
-    value and gradients as `model(..., labels=labels).loss`, in another order of summation."""
+    value and gradients as `model(..., labels=labels).loss`, in another order of summation.
+    `weights` (the shape of `labels`, from `choice_weights`) makes it a weighted mean."""
     import torch
 
     hidden = model.model(input_ids=ids, position_ids=pos, segments=segments, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     scored = targets != -100
     logits = model.lm_head(hidden[:, :-1][scored])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[scored])
+    if weights is None:
+        return torch.nn.functional.cross_entropy(logits.float(), targets[scored])
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[scored], reduction="none")
+    w = weights[:, 1:][scored]
+    return (losses * w).sum() / w.sum()
+
+
+def choice_positions(ids: list[int], labels: list[int], assistant: int) -> list[int]:
+    """Where each trained assistant turn writes its first token: the tool it calls (a name's first
+    token), or the newline that starts an answer. One token per turn among dozens, so its loss
+    weighs little unless weighted."""
+    return [k + 1 for k in range(len(ids) - 1) if ids[k] == assistant and labels[k + 1] != -100]
+
+
+def choice_weights(encoded, rows: list[list[int]], positions: list[list[int]], weight: float, shape):
+    """Loss weights for a `collate`d batch: `weight` at each conversation's `positions`, 1 elsewhere."""
+    import torch
+
+    w = torch.ones(shape)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            for k in positions[i]:
+                w[r, at + k] = weight
+            at += len(encoded[i][0])
+    return w
 
 
 def held_out_exact(model, tok, stop: dict[str, int], count: int, seed: int = 1) -> dict[str, float]:
@@ -550,6 +576,9 @@ def parse_args(argv=None):
     p.add_argument("--plain-weight", type=float, default=2.0,
                    help="the share of plain conversations (greetings), against python 3, browser 3, cogview 2, "
                         "function 3, error 2")
+    p.add_argument("--choice-weight", type=float, default=1.0,
+                   help="loss weight of each assistant turn's first token: the tool it calls, or the newline of an "
+                        "answer (20 did not teach the choice between two functions; see MODEL_CARD.md)")
     p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--vary-case", type=float, default=0.25,
@@ -580,6 +609,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
+    if args.choice_weight != 1 and not args.fast_loss:
+        raise SystemExit("--choice-weight needs --fast-loss")
     import torch
     from transformers import GlmConfig, GlmForCausalLM
 
@@ -648,14 +679,19 @@ def main(argv=None) -> str:
              "fast_loss": args.fast_loss, "plain_weight": args.plain_weight, "vary_ends": args.vary_ends,
              "min_word_count": args.min_word_count, "fillers": args.fillers,
              "vary_case": args.vary_case}
+    if args.choice_weight != 1:  # the shipped weights' training.json predates the option
+        meta["choice_weight"] = args.choice_weight
+    choices = [choice_positions(i, l, stop["<|assistant|>"]) for i, l in encoded] if args.choice_weight != 1 else None
     t1, seen, avg = time.time(), 0, None
     for step in range(1, args.steps + 1):
         if not queue:
             queue = batches(encoded, args.tokens_per_batch, args.row, rng)
-        ids, labels, pos, segments = collate(encoded, queue.pop(), stop["<|endoftext|>"])
+        rows = queue.pop()
+        ids, labels, pos, segments = collate(encoded, rows, stop["<|endoftext|>"])
+        weights = choice_weights(encoded, rows, choices, args.choice_weight, labels.shape) if choices else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             if args.fast_loss:
-                loss = trained_loss(model, ids, labels, pos, segments)
+                loss = trained_loss(model, ids, labels, pos, segments, weights)
             else:
                 loss = model(input_ids=ids, labels=labels, position_ids=pos, segments=segments, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
