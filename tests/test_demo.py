@@ -420,6 +420,10 @@ def test_selection_probe_asks_for_a_choice_between_the_two_declared_functions():
     model = AutoModelForCausalLM.from_pretrained(str(demo_model_dir()))
     r = probe_selection.rates(model, cases)
     assert r["right"] + r["other"] >= 0.9  # the model names one of the two: the probe reads its choice
+    # the logit lens's last layer is the model's own output: where that names one of the two, the lens agrees
+    lens = probe_selection.lens(model, cases)
+    assert len(lens) == model.config.num_hidden_layers + 1
+    assert lens[-1] >= r["right"] and 1 - lens[-1] >= r["other"]
 
 
 # ---- the agent loop, driven by the demo model --------------------------------------------------------

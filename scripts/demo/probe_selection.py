@@ -8,11 +8,16 @@ function's name rather than of the other's. Training and held-out conversations 
 separately, so a choice never learned (about 50% on both) is told apart from one learned but not
 generalized (high on training only).
 
+`--lens` also reads the choice from every layer's state at the last prompt position, through the
+final norm and the output projection (a logit lens): whether a middle layer makes the choice that
+the output then loses.
+
 `--finetune-steps N` then trains the weights N more steps on two-function training conversations
 alone, the choosing token's loss weighted `--weight` times, and probes again as it goes: whether the
 choice is learnable from where the weights are, not only whether they make it.
 
     python3 scripts/demo/probe_selection.py
+    python3 scripts/demo/probe_selection.py --lens
     python3 scripts/demo/probe_selection.py --finetune-steps 150 --weight 20
 """
 
@@ -86,6 +91,27 @@ def _line(name: str, r: dict[str, float]) -> str:
             f"same parameters {r['same_params']:.0%} of {r['n_same_params']}, different parameters {r['other_params']:.0%}")
 
 
+def lens(model, cases: list[dict]) -> list[float]:
+    """Whether the choice is made anywhere before the output, if not written out there: per layer
+    (0 = the embeddings), the share of cases where that layer's state at the last prompt position,
+    read through the final norm and the output projection (a logit lens), scores the expected
+    function's first token above the other's."""
+    import torch
+
+    model.eval()
+    wins = None
+    with torch.inference_mode():
+        for c in cases:
+            hs = model(input_ids=torch.tensor([c["ids"]]), output_hidden_states=True).hidden_states
+            last = torch.stack([h[0, -1] for h in hs[:-1]] + [hs[-1][0, -1]])
+            # transformers already applied the final norm to the last hidden state
+            normed = torch.cat([model.model.norm(last[:-1]), last[-1:]])
+            logits = model.lm_head(normed)
+            won = (logits[:, c["target"]] > logits[:, c["other"]]).tolist()
+            wins = won if wins is None else [w + x for w, x in zip(wins, won)]
+    return [w / len(cases) for w in wins]
+
+
 def finetune(model, tok, steps: int, weight: float, lr: float, probe, every: int, seed: int = 0) -> None:
     """Train `model` `steps` steps on two-function training conversations, the first token of the
     call weighted `weight` times in the loss; `probe(step)` every `every` steps."""
@@ -125,6 +151,8 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default="demo", help="checkpoint directory (default: the shipped demo model)")
     p.add_argument("--count", type=int, default=120, help="two-function conversations per split")
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--lens", action="store_true",
+                   help="also read the choice from every layer's last hidden state (a logit lens)")
     p.add_argument("--finetune-steps", type=int, default=0)
     p.add_argument("--weight", type=float, default=20.0, help="loss weight of the choosing token when fine-tuning")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -146,6 +174,11 @@ def main(argv=None) -> dict:
     out = {s: rates(model, c) for s, c in cases.items()}
     for s, r in out.items():
         print(_line(f"{s} ({len(cases[s])})", r), flush=True)
+    if args.lens:
+        per_split = {s: lens(model, c) for s, c in cases.items()}
+        for layer in range(len(per_split["train"])):
+            print(f"logit lens, layer {layer}: the expected function above the other in "
+                  + ", ".join(f"{s} {v[layer]:.0%}" for s, v in per_split.items()), flush=True)
     if args.finetune_steps:
         t0 = time.time()
 
