@@ -688,10 +688,10 @@ def main(argv=None) -> str:
             queue = batches(encoded, args.tokens_per_batch, args.row, rng)
         rows = queue.pop()
         ids, labels, pos, segments = collate(encoded, rows, stop["<|endoftext|>"])
-        weights = choice_weights(encoded, rows, choices, args.choice_weight, labels.shape) if choices else None
+        loss_weights = choice_weights(encoded, rows, choices, args.choice_weight, labels.shape) if choices else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             if args.fast_loss:
-                loss = trained_loss(model, ids, labels, pos, segments, weights)
+                loss = trained_loss(model, ids, labels, pos, segments, loss_weights)
             else:
                 loss = model(input_ids=ids, labels=labels, position_ids=pos, segments=segments, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
