@@ -114,6 +114,63 @@ def _letters_tokenizer(tmp_path, words):
     return lambda s: [tok.decode([i]) for i in tok.encode(s, add_special_tokens=False)]
 
 
+def test_blind_phrasings_hold_no_held_out_phrasing_and_fill_like_the_pools():
+    kept, dropped = data.blind_phrasings()
+    for lang, keys in kept.items():
+        pools = data._held_out_pools(lang)
+        held = {data._near(x, lang) for pool in pools.values() for x in pool[1::2]}
+        assert set(keys) == set(pools)
+        for key, phrasings in keys.items():
+            assert len(phrasings) >= 10, (lang, key)
+            for text in phrasings:
+                assert data._near(text, lang) not in held, (lang, key, text)
+                text.format(a=1, op="+", b=2, items="1, 2", w="x", t="y")  # only slots the generator fills
+    assert len(dropped) > 0  # a blind writer comes up with held-out phrasings too: they are what is dropped
+    # case, punctuation, a contraction or a filler word at either end do not make a phrasing new, nor
+    # do words around a held-out phrasing of two words or more; a plain phrasing that another kind
+    # trains on is not taken either
+    kept, dropped = data.blind_phrasings({
+        "en": {"identity": ["So, what's your name?!", "What is your name, assistant?", "Tell me your name."],
+               "thanks": ["who are you"],
+               "sum": ["OK add up {items} please", "Total up {items}.", "Add {items}, {items}."]},
+        "zh": {"farewell": ["嗯，拜拜～", "我先下线了"]}})
+    assert kept["en"] == {"identity": ["Tell me your name."], "thanks": [], "sum": ["Total up {items}."]}
+    assert kept["zh"] == {"farewell": ["我先下线了"]}
+    assert [why for _, _, why in dropped] == ["a held-out phrasing", "contains a held-out phrasing",
+                                              "another kind's phrasing", "a held-out phrasing", "wrong slots",
+                                              "a held-out phrasing"]
+
+
+def test_blind_pools_add_training_phrasings_only_and_only_inside_the_block():
+    def requests(split):
+        return [e.messages[1].content for c in ("plain", "python", "browser")
+                for e in data.generate(c, 300, seed=3, split=split)]
+
+    train, held = requests("train"), requests("eval")
+    with data.blind_pools():
+        train_blind, held_blind = requests("train"), requests("eval")
+    assert requests("train") == train and held_blind == held
+    kept, _ = data.blind_phrasings()
+    blind = {p for keys in kept.values() for ps in keys.values() for p in ps}
+    fills = dict(a="", op="", b="", items="", w="", t="")
+    blind_bare = {data._bare(p.format(**fills)) for p in blind}
+    assert train_blind != train
+    assert sum(any(data._bare(r).startswith(b) for b in blind_bare if b) for r in train_blind) > 0
+    with data.blind_pools(False):
+        assert requests("train") == train
+
+
+def test_held_out_words_names_the_greeting_words_training_never_shows():
+    import held_out_words
+
+    rows = {r["phrasing"]: r for r in held_out_words.plain_gaps("en")}
+    assert rows["Goodbye!"]["nowhere"] == ["goodbye"] and rows["What is your name?"]["nowhere"] == ["name"]
+    assert rows["Hello"] == {"kind": 0, "phrasing": "Hello", "other": [], "nowhere": []}
+    with data.blind_pools():
+        rows = {r["phrasing"]: r for r in held_out_words.plain_gaps("en")}
+    assert rows["What is your name?"]["nowhere"] == []  # "Tell me your name" and the like, written blind
+
+
 def test_made_up_words_use_every_letter_and_no_held_out_word():
     import random
     import re

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from glm_runtime.messages import Message, ToolSpec
@@ -178,6 +181,9 @@ _WORDS = ["banana", "elephant", "keyboard", "mountain", "orchestra", "pineapple"
 _LEN_EN = ["How many letters are in the word '{w}'?", "How long is the string '{w}'?",
            "Count the characters in '{w}'.", "What is the length of '{w}'?"]
 _LEN_ZH = ["'{w}' 这个单词有几个字母？", "字符串 '{w}' 的长度是多少？", "数一下 '{w}' 有多少个字符"]
+_POW = {"en": ["What is {a} to the power of {b}?", "Compute {a} ** {b}.", "What is {a} raised to the {b}?",
+               "Calculate {a}^{b}."],
+        "zh": ["{a} 的 {b} 次方是多少？", "计算 {a} 的 {b} 次幂", "求 {a}^{b}", "{a} 的 {b} 次方等于几？"]}
 
 
 def _python_task(rng: random.Random, lang: str, split: str) -> tuple[str, str, str, str]:
@@ -193,11 +199,7 @@ def _python_task(rng: random.Random, lang: str, split: str) -> tuple[str, str, s
         return request, f"print({a} {op} {b})", v, answer
     if kind == "pow":
         a, b = rng.randint(2, 30), rng.randint(2, 6)
-        request = (rng.choice(_half(["What is {a} to the power of {b}?", "Compute {a} ** {b}.",
-                                     "What is {a} raised to the {b}?", "Calculate {a}^{b}."], split, _MORE["pow_en"]))
-                   if lang == "en" else rng.choice(_half(["{a} 的 {b} 次方是多少？", "计算 {a} 的 {b} 次幂",
-                                                          "求 {a}^{b}", "{a} 的 {b} 次方等于几？"], split, _MORE["pow_zh"])))
-        request = request.format(a=a, b=b)
+        request = rng.choice(_half(_POW[lang], split, _MORE["pow_" + lang])).format(a=a, b=b)
         return request, f"print({a} ** {b})", str(a**b), ("{a}^{b} = {{v}}." if lang == "en" else "{a}^{b} = {{v}}。").format(a=a, b=b)
     if kind == "len":
         w = rng.choice(_half(_WORDS, split)) if split == "eval" or rng.random() < 0.5 else _pseudo_word(rng)
@@ -693,6 +695,119 @@ def _spec_tool(spec: ToolSpec) -> Any:
 
 
 # ---- generating and encoding ------------------------------------------------------------------
+
+# ---- phrasings written blind ------------------------------------------------------------------
+
+# More training-only phrasings, for the kinds whose held-out phrasings are the furthest from
+# training: the six plain replies, the python tasks and search. A helper wrote them from a
+# description of each kind (what the user means, the reply, the slots) without seeing this file,
+# the held-out phrasings or any failure, so they broaden what each kind can sound like without
+# aiming at the evaluation. `blind_phrasings` drops every one that is a held-out phrasing up to
+# case, punctuation, contractions and a leading or trailing filler word (`_near`), or holds one of
+# more than a word (`_contains`), and every plain one that is another kind's; the rest join `_MORE` and `_PLAIN_MORE` inside `blind_pools()`.
+BLIND_FILE = Path(__file__).with_name("blind_phrasings.json")
+PLAIN_KINDS = ("greeting", "identity", "thanks", "how_are_you", "farewell", "capabilities")
+_CONTRACTIONS = {"what's": "what is", "how's": "how is", "who's": "who is", "where's": "where is",
+                 "that's": "that is", "it's": "it is", "let's": "let us", "i'm": "i am", "you're": "you are",
+                 "can't": "can not", "cannot": "can not", "don't": "do not", "i'd": "i would", "i'll": "i will",
+                 "what're": "what are", "thx": "thanks", "u": "you", "ur": "your"}
+_EDGE_FILLERS = {"en": {"ok", "okay", "so", "well", "um", "hmm", "oh", "alright", "please", "just", "now", "then"},
+                 "zh": {"嗯", "哦", "噢", "请", "那个", "好的", "麻烦", "吧", "呢", "啊", "呀"}}
+
+
+def _near(text: str, lang: str) -> str:
+    """`text` reduced to what makes it a phrasing: no case, punctuation, contractions or a filler
+    word at either end ("OK, what's the sum of {items}?" and "What is the sum of {items}" meet)."""
+    if lang == "zh":
+        bare = _bare(text)
+        for f in sorted(_EDGE_FILLERS["zh"], key=len, reverse=True):
+            if bare.startswith(f) and len(bare) > len(f):
+                bare = bare[len(f):]
+            if bare.endswith(f) and len(bare) > len(f):
+                bare = bare[:-len(f)]
+        return bare
+    words = [_CONTRACTIONS.get(w, w) for w in re.findall(r"\{\w+\}|[a-z0-9']+|[*^+×-]", text.lower().replace("’", "'"))]
+    words = " ".join(words).split()
+    while len(words) > 1 and words[0] in _EDGE_FILLERS["en"]:
+        words = words[1:]
+    while len(words) > 1 and words[-1] in _EDGE_FILLERS["en"]:
+        words = words[:-1]
+    return " ".join(words)
+
+
+def _contains(near: str, held: str, lang: str) -> bool:
+    """Whether the phrasing `near` holds the held-out phrasing `held` (both `_near`), where that is
+    more than one word (English) or two characters (Chinese): "What is your name, assistant?" holds
+    "What is your name?". A held-out phrasing of one word only excludes itself, not the word."""
+    if lang == "zh":
+        return len(held) > 2 and held in near
+    return " " in held and f" {held} " in f" {near} "
+
+
+def _held_out_pools(lang: str) -> dict[str, list[str]]:
+    """Each blind key's phrasing pool as `_half` splits it (held-out: the odd positions)."""
+    pools = {k: _PLAIN[lang][g][0] for g, k in enumerate(PLAIN_KINDS)}
+    pools.update({"arith": _ARITH[lang], "len": _LEN_EN if lang == "en" else _LEN_ZH, "pow": _POW[lang],
+                  "search": _SEARCH_EN if lang == "en" else _SEARCH_ZH})
+    pools.update({k: v[1 if lang == "en" else 2] for k, v in _LIST_TASKS.items()})
+    return pools
+
+
+_SLOTS = {"arith": ["{a} {op} {b}"], "sum": ["{items}"], "max": ["{items}"], "min": ["{items}"], "mean": ["{items}"],
+          "sort": ["{items}"], "len": ["'{w}'"], "pow": ["{a}", "{b}"], "search": ["{t}"]}
+
+
+def blind_phrasings(raw: dict | None = None) -> tuple[dict[str, dict[str, list[str]]], list[tuple[str, str, str]]]:
+    """The blind phrasings that may be trained on, per language and key, and those dropped, with why."""
+    raw = raw if raw is not None else json.loads(BLIND_FILE.read_text(encoding="utf-8"))
+    kept: dict[str, dict[str, list[str]]] = {}
+    dropped: list[tuple[str, str, str]] = []
+    for lang, keys in raw.items():
+        pools = _held_out_pools(lang)
+        held = {_near(x, lang) for pool in pools.values() for x in pool[1::2]}
+        plain_train = {_near(x, lang): k for k in PLAIN_KINDS for x in pools[k][0::2]}
+        kept[lang] = {}
+        seen: set[str] = set()
+        for key, phrasings in keys.items():
+            if key not in pools:
+                raise ValueError(f"{BLIND_FILE.name}: unknown key {key!r} for {lang}")
+            kept[lang][key] = []
+            for text in phrasings:
+                near = _near(text, lang)
+                slots = re.findall(r"\{\w*\}", text)
+                want = _SLOTS.get(key, [])
+                why = ("a held-out phrasing" if near in held else
+                       "contains a held-out phrasing" if any(_contains(near, h, lang) for h in held) else
+                       "another kind's phrasing" if plain_train.get(near, key) != key else
+                       "a repeat" if (key, near) in seen else
+                       "wrong slots" if (sorted(slots) != sorted(re.findall(r"\{\w*\}", " ".join(want)))
+                                         or any(w not in text for w in want)) else None)
+                if why:
+                    dropped.append((lang, text, why))
+                    continue
+                seen.add((key, near))
+                kept[lang][key].append(text)
+    return kept, dropped
+
+
+@contextmanager
+def blind_pools(on: bool = True):
+    """Within the block, training draws from the blind phrasings too (`train.py --blind`): they
+    join the training-only pools, in the file's order, and leave them afterwards."""
+    added: list[tuple[list[str], int]] = []  # each pool, and how many phrasings joined it
+    if on:
+        kept, _ = blind_phrasings()
+        for lang, keys in kept.items():
+            for key, phrasings in keys.items():
+                pool = _PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else _MORE[f"{key}_{lang}"]
+                pool.extend(phrasings)
+                added.append((pool, len(phrasings)))
+    try:
+        yield
+    finally:
+        for pool, n in added:
+            del pool[len(pool) - n:]
+
 
 _MAKERS = {"python": _python, "browser": _browser, "cogview": _cogview, "function": _function_example,
            "plain": _plain, "error": _error}

@@ -579,6 +579,9 @@ def parse_args(argv=None):
     p.add_argument("--choice-weight", type=float, default=1.0,
                    help="loss weight of each assistant turn's first token: the tool it calls, or the newline of an "
                         "answer (20 did not teach the choice between two functions; see MODEL_CARD.md)")
+    p.add_argument("--blind", action=argparse.BooleanOptionalAction, default=False,
+                   help="train on the phrasings a helper wrote without seeing the held-out ones too "
+                        "(scripts/demo/blind_phrasings.json, see data.blind_phrasings)")
     p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--vary-case", type=float, default=0.25,
@@ -629,8 +632,9 @@ def main(argv=None) -> str:
     template = official_template()
     t0 = time.time()
     weights = data.WEIGHTS | {"plain": args.plain_weight}
-    examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends,
-                            fillers=args.fillers, vary_case=args.vary_case)
+    with data.blind_pools(args.blind):
+        examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends,
+                                fillers=args.fillers, vary_case=args.vary_case)
     bare = _bare_tokenizer(template)
     from glm_runtime.chat_format import render
 
@@ -679,6 +683,8 @@ def main(argv=None) -> str:
              "fast_loss": args.fast_loss, "plain_weight": args.plain_weight, "vary_ends": args.vary_ends,
              "min_word_count": args.min_word_count, "fillers": args.fillers,
              "vary_case": args.vary_case}
+    if args.blind:
+        meta["blind"] = True
     if args.choice_weight != 1:  # the shipped weights' training.json predates the option
         meta["choice_weight"] = args.choice_weight
     choices = [choice_positions(i, l, stop["<|assistant|>"]) for i, l in encoded] if args.choice_weight != 1 else None

@@ -1,0 +1,62 @@
+"""Which words of each held-out greeting does training ever show the model, and for which reply?
+
+A plain reply is chosen from the request's words alone: there is no value to copy. A model trained
+from scratch on `data.py`'s conversations knows a word only from the training requests it appears
+in, so a held-out phrasing with a word that no training request of its kind contains can be
+answered right only through the other words or by luck. For every held-out plain phrasing this
+prints its words that training requests of its own kind never contain: those that only other
+kinds' training requests contain ("other"), and those that no training greeting contains at all
+("nowhere"). `--blind`: with the phrasings written blind in training too (`train.py --blind`).
+
+    python3 scripts/demo/held_out_words.py
+    python3 scripts/demo/held_out_words.py --blind
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import data  # noqa: E402
+
+
+def words(text: str) -> set[str]:
+    """The lower-case Latin words of `text`, or its CJK characters one by one."""
+    return set(re.findall(r"[a-z']+", text.lower())) | set(re.findall(r"[\u4e00-\u9fff]", text))
+
+
+def plain_gaps(lang: str) -> list[dict]:
+    """One row per held-out plain phrasing of `lang`: its kind (the index of its reply in
+    `data._PLAIN`), and its words that training requests of that kind never contain."""
+    kinds = [(data._half(asks, "train", data._PLAIN_MORE[lang][g]), data._half(asks, "eval"))
+             for g, (asks, _) in enumerate(data._PLAIN[lang])]
+    rows = []
+    for g, (train, held) in enumerate(kinds):
+        own = set().union(*map(words, train))
+        other = set().union(*(words(t) for h, (ts, _) in enumerate(kinds) if h != g for t in ts))
+        for phrasing in held:
+            w = words(phrasing)
+            rows.append({"kind": g, "phrasing": phrasing, "other": sorted((w - own) & other),
+                         "nowhere": sorted(w - own - other)})
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="The words of held-out greetings that training never shows.")
+    p.add_argument("--blind", action="store_true", help="train with the phrasings written blind too")
+    args = p.parse_args(argv)
+    for lang in ("en", "zh"):
+        print(f"{lang}: held-out phrasing -> its words that no training request of its kind has")
+        with data.blind_pools(args.blind):
+            rows = plain_gaps(lang)
+        for r in rows:
+            print(f"  {r['phrasing']!r:24} only another kind's: {', '.join(r['other']) or '-':12} "
+                  f"no training greeting's: {', '.join(r['nowhere']) or '-'}")
+
+
+if __name__ == "__main__":
+    main()
