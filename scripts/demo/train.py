@@ -579,9 +579,10 @@ def parse_args(argv=None):
     p.add_argument("--choice-weight", type=float, default=1.0,
                    help="loss weight of each assistant turn's first token: the tool it calls, or the newline of an "
                         "answer (20 did not teach the choice between two functions; see MODEL_CARD.md)")
-    p.add_argument("--blind", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--blind", action=argparse.BooleanOptionalAction, default=True,
                    help="train on the phrasings a helper wrote without seeing the held-out ones too "
-                        "(scripts/demo/blind_phrasings.json, see data.blind_phrasings)")
+                        "(scripts/demo/blind_phrasings.json, see data.blind_phrasings); --no-blind: the data "
+                        "of the previous weights, sha256 5e435782...")
     p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--vary-case", type=float, default=0.25,
