@@ -694,8 +694,6 @@ def _spec_tool(spec: ToolSpec) -> Any:
     return _Declared()
 
 
-# ---- generating and encoding ------------------------------------------------------------------
-
 # ---- phrasings written blind ------------------------------------------------------------------
 
 # More training-only phrasings, for the kinds whose held-out phrasings are the furthest from
@@ -704,7 +702,8 @@ def _spec_tool(spec: ToolSpec) -> Any:
 # the held-out phrasings or any failure, so they broaden what each kind can sound like without
 # aiming at the evaluation. `blind_phrasings` drops every one that is a held-out phrasing up to
 # case, punctuation, contractions and a leading or trailing filler word (`_near`), or holds one of
-# more than a word (`_contains`), and every plain one that is another kind's; the rest join `_MORE` and `_PLAIN_MORE` inside `blind_pools()`.
+# more than a word (`_contains`), and every plain one that is another kind's; the rest join `_MORE`
+# and `_PLAIN_MORE` inside `blind_pools()`.
 BLIND_FILE = Path(__file__).with_name("blind_phrasings.json")
 PLAIN_KINDS = ("greeting", "identity", "thanks", "how_are_you", "farewell", "capabilities")
 _CONTRACTIONS = {"what's": "what is", "how's": "how is", "who's": "who is", "where's": "where is",
@@ -767,7 +766,7 @@ def blind_phrasings(raw: dict | None = None) -> tuple[dict[str, dict[str, list[s
         held = {_near(x, lang) for pool in pools.values() for x in pool[1::2]}
         plain_train = {_near(x, lang): k for k in PLAIN_KINDS for x in pools[k][0::2]}
         kept[lang] = {}
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()  # (key, _near of a kept phrasing)
         for key, phrasings in keys.items():
             if key not in pools:
                 raise ValueError(f"{BLIND_FILE.name}: unknown key {key!r} for {lang}")
@@ -808,6 +807,8 @@ def blind_pools(on: bool = True):
         for pool, n in added:
             del pool[len(pool) - n:]
 
+
+# ---- generating and encoding ------------------------------------------------------------------
 
 _MAKERS = {"python": _python, "browser": _browser, "cogview": _cogview, "function": _function_example,
            "plain": _plain, "error": _error}
