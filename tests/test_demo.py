@@ -124,7 +124,7 @@ def test_blind_phrasings_hold_no_held_out_phrasing_and_fill_like_the_pools():
             assert len(phrasings) >= 10, (lang, key)
             for text in phrasings:
                 assert data._near(text, lang) not in held, (lang, key, text)
-                text.format(a=1, op="+", b=2, items="1, 2", w="x", t="y")  # only slots the generator fills
+                text.format(a=1, op="+", b=2, items="1, 2", w="x", t="y", thing="z", args="v 1")  # only slots the generator fills
     assert len(dropped) > 0  # a blind writer comes up with held-out phrasings too: they are what is dropped
     # case, punctuation, a contraction or a filler word at either end do not make a phrasing new, nor
     # do words around a held-out phrasing of two words or more; a plain phrasing that another kind
@@ -143,7 +143,7 @@ def test_blind_phrasings_hold_no_held_out_phrasing_and_fill_like_the_pools():
 
 def test_blind_pools_add_training_phrasings_only_and_only_inside_the_block():
     def requests(split):
-        return [e.messages[1].content for c in ("plain", "python", "browser")
+        return [e.messages[1].content for c in ("plain", "python", "browser", "function")
                 for e in data.generate(c, 300, seed=3, split=split)]
 
     train, held = requests("train"), requests("eval")
@@ -152,7 +152,7 @@ def test_blind_pools_add_training_phrasings_only_and_only_inside_the_block():
     assert requests("train") == train and held_blind == held
     kept, _ = data.blind_phrasings()
     blind = {p for keys in kept.values() for ps in keys.values() for p in ps}
-    fills = dict(a="", op="", b="", items="", w="", t="")
+    fills = dict(a="", op="", b="", items="", w="", t="", thing="", args="")
     blind_bare = {data._bare(p.format(**fills)) for p in blind}
     assert train_blind != train
     assert sum(any(data._bare(r).startswith(b) for b in blind_bare if b) for r in train_blind) > 0

@@ -747,13 +747,14 @@ def _held_out_pools(lang: str) -> dict[str, list[str]]:
     """Each blind key's phrasing pool as `_half` splits it (held-out: the odd positions)."""
     pools = {k: _PLAIN[lang][g][0] for g, k in enumerate(PLAIN_KINDS)}
     pools.update({"arith": _ARITH[lang], "len": _LEN_EN if lang == "en" else _LEN_ZH, "pow": _POW[lang],
-                  "search": _SEARCH_EN if lang == "en" else _SEARCH_ZH})
+                  "search": _SEARCH_EN if lang == "en" else _SEARCH_ZH,
+                  "function": _FN_ASK_EN if lang == "en" else _FN_ASK_ZH})
     pools.update({k: v[1 if lang == "en" else 2] for k, v in _LIST_TASKS.items()})
     return pools
 
 
 _SLOTS = {"arith": ["{a} {op} {b}"], "sum": ["{items}"], "max": ["{items}"], "min": ["{items}"], "mean": ["{items}"],
-          "sort": ["{items}"], "len": ["'{w}'"], "pow": ["{a}", "{b}"], "search": ["{t}"]}
+          "sort": ["{items}"], "len": ["'{w}'"], "pow": ["{a}", "{b}"], "search": ["{t}"], "function": ["{thing}", "{args}"]}
 
 
 def blind_phrasings(raw: dict | None = None) -> tuple[dict[str, dict[str, list[str]]], list[tuple[str, str, str]]]:
@@ -798,7 +799,8 @@ def blind_pools(on: bool = True):
         kept, _ = blind_phrasings()
         for lang, keys in kept.items():
             for key, phrasings in keys.items():
-                pool = _PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else _MORE[f"{key}_{lang}"]
+                pool = (_PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else
+                        _MORE[f"fn_{lang}"] if key == "function" else _MORE[f"{key}_{lang}"])
                 pool.extend(phrasings)
                 added.append((pool, len(phrasings)))
     try:
