@@ -24,7 +24,13 @@ import data  # noqa: E402  scripts/demo/data.py
 from glm_runtime.demo import demo_model_dir  # noqa: E402
 
 TINY = ["--samples", "60", "--steps", "3", "--vocab", "400", "--hidden", "128", "--layers", "2", "--heads", "4",
-        "--kv-heads", "2", "--ffn", "64", "--tokens-per-batch", "1024", "--row", "512", "--save-every", "100"]
+        "--kv-heads", "2", "--ffn", "64", "--tokens-per-batch", "1024", "--row", "512", "--save-every", "100",
+        "--no-choice-circuit"]
+# the smallest run that holds the choice circuit: 4 layers, 3 key/value heads, every function-name verb
+# and parameter word a token of its own
+SMALL_CHOICE = ["--samples", "1500", "--steps", "3", "--vocab", "2048", "--hidden", "192", "--layers", "4",
+                "--heads", "6", "--kv-heads", "3", "--ffn", "64", "--tokens-per-batch", "2048", "--row", "1024",
+                "--save-every", "100"]
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -240,7 +246,7 @@ def test_slot_words_are_the_copied_pools():
 
 def _train(out: Path, *extra: str) -> str:
     # A subprocess: training fixes torch's thread count and deterministic mode process-wide.
-    cmd = [sys.executable, str(ROOT / "scripts" / "demo" / "train.py"), "--out", str(out), *TINY, *extra]
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo" / "train.py"), "--out", str(out), *(extra or TINY)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1].split("weights sha256 ")[1]
@@ -418,6 +424,38 @@ def test_copy_circuit_copies_before_any_training():
     assert three > two + 0.04, (two, three)
 
 
+@pytest.mark.engine
+def test_choice_circuit_chooses_the_function_the_request_names_before_any_training():
+    """On held-out two-function prompts, a model with random weights but for the copy circuit names
+    neither function; with the choice circuit built in too it names the one whose parameter the
+    request names (measured: 88%, the other 3%). Without its three hops the trained weights chose at
+    chance (MODEL_CARD.md)."""
+    import probe_selection
+    import torch
+    import train
+    from transformers import GlmConfig, GlmForCausalLM
+
+    from glm_runtime.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(demo_model_dir())
+    cases = probe_selection.two_function_cases(tok, "eval", 60, seed=5)
+    params = [p.split("_")[0] for p, _ in data._PARAMS]
+
+    def model(choice: bool):
+        torch.manual_seed(0)
+        m = GlmForCausalLM(GlmConfig.from_pretrained(demo_model_dir())).eval()
+        train.copy_circuit(m, seed=0, ngram=3, gain=0.2)
+        if choice:
+            assert train.choice_circuit(m, tok, verbs=data._FN_VERB, params=params)
+        return m
+
+    before, after = probe_selection.rates(model(False), cases), probe_selection.rates(model(True), cases)
+    assert before["right"] < 0.2 and before["other"] < 0.2, before
+    assert after["right"] >= 0.75 and after["other"] <= 0.15, after
+    with pytest.raises(ValueError, match="one token"):
+        train.choice_circuit(model(False), tok, verbs=data._FN_VERB, params=["order_id"])
+
+
 @pytest.mark.slow
 @pytest.mark.engine
 def test_training_twice_gives_the_same_weights(tmp_path):
@@ -425,7 +463,46 @@ def test_training_twice_gives_the_same_weights(tmp_path):
     assert first == second
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
-    assert _train(tmp_path / "c", "--seed", "1") != first
+    assert _train(tmp_path / "c", *TINY, "--seed", "1") != first
+
+
+@pytest.mark.engine
+def test_training_says_when_the_model_cannot_hold_the_choice_circuit(tmp_path):
+    tiny = [a for a in TINY if a != "--no-choice-circuit"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo" / "train.py"), "--out", str(tmp_path), *tiny]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode != 0
+    assert "needs 4+ layers" in done.stderr and "pass --no-choice-circuit" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+def test_training_keeps_the_choice_circuit_as_built_and_reproduces(tmp_path):
+    """What the choice circuit reads and writes stays as built through training (train.py restores
+    it after every step); everything else trains; and such a run reproduces too."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import GlmConfig, GlmForCausalLM
+
+    import train
+    from glm_runtime.tokenizer import load_tokenizer
+
+    digest = _train(tmp_path / "a", *SMALL_CHOICE)
+    assert _train(tmp_path / "b", *SMALL_CHOICE) == digest
+    trained = load_file(str(tmp_path / "a" / "model.safetensors"))
+    tok = load_tokenizer(tmp_path / "a")
+    torch.manual_seed(0)  # as train.py builds it
+    model = GlmForCausalLM(GlmConfig.from_pretrained(tmp_path / "a"))
+    train.copy_circuit(model, seed=0, ngram=3, gain=0.2)
+    kept = dict(train.choice_circuit(model, tok, verbs=data._FN_VERB, params=[p.split("_")[0] for p, _ in data._PARAMS]))
+    built = dict(model.named_parameters())
+    assert "model.embed_tokens.weight" in kept and "model.layers.3.mlp.down_proj.weight" in kept
+    for name, mask in kept.items():
+        after = trained[name] if name in trained else trained["lm_head.weight"]
+        assert torch.equal(after[mask], built[name].detach()[mask]), name
+        if not mask.all():
+            assert not torch.equal(after[~mask], built[name].detach()[~mask]), name
 
 
 # ---- the shipped checkpoint ------------------------------------------------------------------------

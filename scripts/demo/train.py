@@ -19,6 +19,7 @@ import math
 import random
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -367,6 +368,144 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
     return [f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
 
 
+def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[tuple[str, Any]]:
+    """Start the model able to choose between declared user functions; returns what stays fixed.
+
+    With two functions declared, the call's first token must be the name of the one whose parameter
+    the request names ("the delay for batch no 7364"). Choosing takes three hops: the request's
+    parameter into the position that writes the call, each declared parameter tagged with the
+    function it belongs to (whose name is 10-40 tokens before it), and a match of the two. Trained
+    from random weights the model never found them: after 2,000 steps it chose at chance on its own
+    training conversations, and weighting that token's loss 20x, or fine-tuning on two-function
+    conversations alone, left it there (MODEL_CARD.md). So, like the copy circuit (which must be
+    built first), the hops are set in the weights of the unchanged architecture, in free heads and
+    in 58 dimensions of the residual stream (taken from the token subspace) that only this circuit
+    writes:
+
+    - codes in the embeddings: each parameter name's token gets a one-hot code (Pc), each name
+      verb's token (`get`, `fetch`, ...: the first token of every function name) another (Vc), the
+      role tokens `<|user|>`, `<|assistant|>`, `<|observation|>` a flag (Zf), `<|assistant|>` one
+      of its own (Af);
+    - layer 0, query head 4 (key/value head 2): every position attends to the nearest verb or role
+      token (its key: the verb codes and the role flag; RoPE's second-slowest pair favours the
+      nearer) and writes that verb's code into R. A parameter of a declared function thus carries
+      its function's verb; a parameter in the request, whose nearest such token is `<|user|>`, none;
+    - layer 2, query head 2 (key/value head 1): at `<|assistant|>` (its query reads Af), attends to
+      the nearest parameter tokens that carry no verb (the request's, or a call's being corrected)
+      and writes their codes into S;
+    - layer 3, query head 0 (key/value head 0): S against each position's parameter code, plus a
+      bonus where a verb was written, so it finds the declared function's parameter the request
+      names, and writes that position's verb (R) into the verb codes, which the tied output
+      projection turns into the verb token's logit.
+
+    Training first undid it: after 300 steps the layer-2 head, whose query then read the
+    `<|assistant|>` embedding, had moved elsewhere and the choice was at chance again. So what the
+    circuit reads and writes stays as built (the returned (parameter name, mask) pairs; `main`
+    restores them after every step): the code dimensions of the embeddings and of the three heads'
+    norms, the three heads' queries, keys and values, and every write into the code dimensions,
+    which only the three heads make. The rest of the model reads the code dimensions freely, and
+    the final norm (trained) decides how much the circuit's output counts.
+
+    Untrained, on held-out two-function prompts whose names begin with different tokens, the
+    expected verb is the most likely next token in most cases (`tests/test_demo.py`). Two functions
+    that share every parameter, or whose names share their first token, it does not tell apart.
+    Only the given verbs and parameter names get codes: the demo's generator draws every function's
+    name and parameters from them (a parameter by its first word: `order` for `order_id`, which the
+    request writes `order id`).
+    """
+    import torch
+
+    cfg = model.config
+    d, hd = cfg.hidden_size, cfg.head_dim
+    dt = d - d // 4
+    if cfg.num_hidden_layers < 4 or cfg.num_key_value_heads < 3 or cfg.num_attention_heads // cfg.num_key_value_heads < 2:
+        raise ValueError("the choice circuit needs 4+ layers, 3+ key/value heads and 2+ query heads per key/value head")
+
+    def single(word: str) -> int:
+        pieces = tok.tokenize(word)
+        if len(pieces) != 1:
+            raise ValueError(f"the choice circuit needs {word!r} to be one token, not {pieces}")
+        return tok.convert_tokens_to_ids(pieces[0])
+
+    verb_ids, param_ids = [single(v) for v in verbs], [single(p) for p in params]
+    if len(set(verb_ids + param_ids)) != len(verbs) + len(params):
+        raise ValueError("the choice circuit needs distinct verbs and parameter words")
+    roles = [tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>", "<|observation|>")]
+    nv, npar = len(verb_ids), len(param_ids)
+    base = dt - (2 * npar + 2 * nv + 2)
+    Pc, Vc = slice(base, base + npar), slice(base + npar, base + npar + nv)
+    Zf, Af = Vc.stop, Vc.stop + 1
+    R, S = slice(Af + 1, Af + 1 + nv), slice(Af + 1 + nv, dt)
+    codes = slice(base, dt)
+    emb, layers = model.model.embed_tokens.weight, model.model.layers
+    a0, a2, a3 = layers[0].self_attn, layers[2].self_attn, layers[3].self_attn
+    fixed: dict[str, Any] = {}
+
+    def keep(name: str, param, index) -> None:
+        mask = fixed.setdefault(name, torch.zeros_like(param, dtype=torch.bool))
+        mask[index] = True
+
+    def head(layer: int, qh: int, kvh: int) -> tuple[int, int, int]:
+        """Clear (and keep) query head `qh` and key/value head `kvh` of `layer`: their first rows."""
+        att = layers[layer].self_attn
+        q, kv = slice(qh * hd, (qh + 1) * hd), slice(kvh * hd, (kvh + 1) * hd)
+        for proj, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            for kind in ("weight", "bias"):
+                getattr(getattr(att, proj), kind)[rows] = 0.0
+                keep(f"model.layers.{layer}.self_attn.{proj}.{kind}", getattr(getattr(att, proj), kind), rows)
+        keep(f"model.layers.{layer}.input_layernorm.weight", layers[layer].input_layernorm.weight, codes)
+        return q.start, kv.start, q.start
+
+    # Magnitudes are set for the normalized residual each layer reads: an embedding code reads
+    # about 11 at layer 0 and about 2 at layers 2-3, where the copy circuit's outputs have joined it.
+    with torch.no_grad():
+        emb[:, codes] = 0.0
+        keep("model.embed_tokens.weight", emb, (slice(None), codes))
+        for i, layer in enumerate(layers):  # only the circuit writes the code dimensions
+            layer.self_attn.o_proj.weight[codes] = 0.0
+            layer.mlp.down_proj.weight[codes] = 0.0
+            keep(f"model.layers.{i}.self_attn.o_proj.weight", layer.self_attn.o_proj.weight, codes)
+            keep(f"model.layers.{i}.mlp.down_proj.weight", layer.mlp.down_proj.weight, codes)
+            if i < 2:  # nor does the copy circuit read them (from the start; training may)
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.weight[:, codes] = 0.0
+        m = float(emb[:, :base].norm(dim=1).mean())
+        for j, t in enumerate(param_ids):
+            emb[t, Pc.start + j] = m
+        for j, t in enumerate(verb_ids):
+            emb[t, Vc.start + j] = m
+        for t in roles:
+            emb[t, Zf] = m
+        emb[roles[1], Af] = m
+        # layer 0: the nearest verb or role token's verb code -> R
+        q0, k0, o0 = head(0, 4, 2)
+        a0.k_proj.weight[k0 + 8, Vc] = 2.5
+        a0.k_proj.weight[k0 + 8, Zf] = 2.5
+        a0.q_proj.bias[q0 + 8] = 1.0
+        a0.k_proj.bias[k0 + 4] = 1.0  # RoPE pair 2 (0.01 rad per position): nearer scores higher
+        a0.q_proj.bias[q0 + 4] = 200.0
+        a0.v_proj.weight[k0: k0 + nv, Vc] = torch.eye(nv)
+        a0.o_proj.weight[R, o0: o0 + nv] = torch.eye(nv) * m / 11.3
+        # layer 2: at <|assistant|>, the nearest parameter codes without a verb -> S
+        q0, k0, o0 = head(2, 2, 1)
+        a2.k_proj.weight[k0 + 8, Pc] = 1.0
+        a2.k_proj.weight[k0 + 8, R] = -2.0
+        a2.q_proj.weight[q0 + 8, Af] = 20.0
+        a2.k_proj.bias[k0 + 4] = 1.0
+        a2.q_proj.weight[q0 + 4, Af] = 50.0
+        a2.v_proj.weight[k0: k0 + npar, Pc] = torch.eye(npar)
+        a2.o_proj.weight[S, o0: o0 + npar] = torch.eye(npar) * m / 2
+        # layer 3: S against the parameter codes, a bonus where a verb was written; R -> the verb codes
+        q0, k0, o0 = head(3, 0, 0)
+        a3.q_proj.weight[q0 + 8: q0 + 8 + npar, S] = torch.eye(npar) * 20.0
+        a3.k_proj.weight[k0 + 8: k0 + 8 + npar, Pc] = torch.eye(npar)
+        a3.q_proj.weight[q0 + 24, Af] = 12.0
+        a3.k_proj.weight[k0 + 24, R] = 1.0
+        a3.v_proj.weight[k0: k0 + nv, R] = torch.eye(nv)
+        a3.o_proj.weight[Vc, o0: o0 + nv] = torch.eye(nv)
+    return sorted(fixed.items())
+
+
 def batches(encoded: list[tuple[list[int], list[int]]], tokens_per_batch: int, row: int, rng: random.Random):
     """One epoch of batches: conversations in a seeded random order, packed into rows of `row` tokens.
 
@@ -553,6 +692,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--copy-circuit", action=argparse.BooleanOptionalAction, default=True,
                    help="start with a built-in copy circuit (see copy_circuit; default: on)")
+    p.add_argument("--choice-circuit", action=argparse.BooleanOptionalAction, default=True,
+                   help="start with a built-in circuit that chooses between declared user functions by the "
+                        "parameter the request names (see choice_circuit; needs the copy circuit; default: on)")
     p.add_argument("--circuit-lr", type=float, default=0.25,
                    help="learning-rate factor of the attention layers that hold the copy circuit")
     p.add_argument("--copy-ngram", type=int, choices=[1, 2, 3], default=3,
@@ -664,12 +806,25 @@ def main(argv=None) -> str:
     if args.copy_circuit:
         slow = copy_circuit(model, seed=args.seed, ngram=args.copy_ngram, gain=args.copy_gain)
         log(f"copy circuit built in; its attention layers train at {args.circuit_lr:g}x the learning rate")
-    groups: dict[tuple[bool, bool], list] = {}
+    fixed: list[tuple[Any, Any, Any]] = []  # (parameter, flat indices, values) restored after every step
+    if args.choice_circuit:
+        if not args.copy_circuit:
+            raise SystemExit("--choice-circuit needs --copy-circuit")
+        named = dict(model.named_parameters())
+        try:
+            kept = choice_circuit(model, tok, verbs=data._FN_VERB, params=[p.split("_")[0] for p, _ in data._PARAMS])
+        except ValueError as e:
+            raise SystemExit(f"{e} (a model this shape or a tokenizer this small cannot hold the choice circuit: "
+                             "pass --no-choice-circuit)") from None
+        for name, mask in kept:  # flat indices: restoring takes about 1 ms a step
+            fixed.append((named[name], mask.flatten().nonzero().squeeze(1), named[name].detach()[mask].clone()))
+        log(f"choice circuit built in; {sum(len(i) for _, i, _ in fixed)} of its weights stay fixed")
+    groups: dict[tuple[bool, float], list] = {}
     for n, p in model.named_parameters():
-        groups.setdefault((p.dim() >= 2, any(n.startswith(s + ".") for s in slow)), []).append(p)
-    opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.01 if decay else 0.0,
-                              "lr": args.lr * (args.circuit_lr if in_circuit else 1.0)}
-                             for (decay, in_circuit), ps in sorted(groups.items())],
+        factor = args.circuit_lr if any(n.startswith(s + ".") for s in slow) else 1.0
+        groups.setdefault((p.dim() >= 2, factor), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": 0.01 if decay else 0.0, "lr": args.lr * factor}
+                             for (decay, factor), ps in sorted(groups.items(), key=lambda g: (g[0][0], -g[0][1]))],
                             lr=args.lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))))
@@ -686,6 +841,8 @@ def main(argv=None) -> str:
              "vary_case": args.vary_case}
     if args.blind:
         meta["blind"] = True
+    if args.choice_circuit:  # weights before it have no such key
+        meta["choice_circuit"] = True
     if args.choice_weight != 1:  # the shipped weights' training.json predates the option
         meta["choice_weight"] = args.choice_weight
     choices = [choice_positions(i, l, stop["<|assistant|>"]) for i, l in encoded] if args.choice_weight != 1 else None
@@ -705,6 +862,9 @@ def main(argv=None) -> str:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        with torch.no_grad():
+            for param, index, values in fixed:
+                param.view(-1).index_copy_(0, index, values)
         sched.step()
         seen += ids.numel()
         avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
