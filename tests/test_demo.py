@@ -527,8 +527,9 @@ def test_the_shipped_model_loads_with_the_real_engine():
 
 @pytest.mark.engine
 def test_selection_probe_asks_for_a_choice_between_the_two_declared_functions():
-    # scripts/demo/probe_selection.py: the evidence that the shipped weights never learned to choose
-    # between two functions (see MODEL_CARD.md) must come from prompts that offer that choice
+    # scripts/demo/probe_selection.py: the evidence of whether the weights choose between two
+    # functions (earlier weights did not, these do; see MODEL_CARD.md) must come from prompts that
+    # offer that choice
     import probe_selection
     from transformers import AutoModelForCausalLM
 
@@ -553,13 +554,14 @@ def test_selection_probe_asks_for_a_choice_between_the_two_declared_functions():
     assert not by_prompt  # every case is one of the held-out two-function conversations
     model = AutoModelForCausalLM.from_pretrained(str(demo_model_dir()))
     r = probe_selection.rates(model, cases)
-    # mostly the model names one of the two, so the probe reads a choice (the rest: an answer with no
-    # call, the "no tool call" failures of the function category)
+    # the model names one of the two, so the probe reads a choice; and, with the choice circuit, the
+    # right one (measured on 120 held-out cases: 97%, on these 12: 10; the weights before it: 44%)
     assert r["right"] + r["other"] >= 0.75
+    assert r["right"] >= 0.75, r
     # the logit lens's last layer is the model's own output: where that names one of the two, the lens agrees
     lens = probe_selection.lens(model, cases)
     assert len(lens) == model.config.num_hidden_layers + 1
-    assert lens[-1] >= r["right"] and 1 - lens[-1] >= r["other"]
+    assert lens[-1] >= r["right"] - 1e-9 and 1 - lens[-1] >= r["other"] - 1e-9  # shares of 12: float rounding
 
 
 # ---- the agent loop, driven by the demo model --------------------------------------------------------
@@ -585,15 +587,19 @@ def _held_out(category: str, n: int = 2) -> list[data.Example]:
 
 
 # The shipped weights meet the 90% task-success bar in four categories of six (see MODEL_CARD.md:
-# python 91.5%, browser 91.5%, cogview 99.5%, function 71.0%, plain 71.5%, error 92.0% of 200
+# python 91.0%, browser 84.0%, cogview 100%, function 97.5%, plain 70.0%, error 98.0% of 200
 # held-out conversations each, tool names constrained as glm-agent does by default). The tests below
 # run two held-out conversations per category (one English, one Chinese; for function and plain one
-# test each). Two fail with these weights and are marked xfail, strict: the Chinese function request
-# ("floor 6993 的预算是什么？", answered as "who are you") and the English greeting ("Great, thank
-# you!", answered "Goodbye!"). Once better weights pass them, the run fails with XPASS, so the marker
-# cannot outlive the problem.
+# test each, for browser and error too). Three fail with these weights and are marked xfail, strict:
+# in the two categories below the bar, the English greeting ("Great, thank you!", answered with the
+# identity reply) and the Chinese search ("搜一搜数字卫星": 数字 written `数的`, then searched again until
+# the loop stops); in error, which meets it, the corrected python call ("求 155, 168, 82, 47, 184, 147
+# 的最大值", the list repeated until the call is cut off), one of its 2% failures. Once better weights
+# pass them, the run fails with XPASS, so the markers cannot outlive the problems.
 BELOW_BAR = pytest.mark.xfail(reason="the shipped demo weights are below the task-success bar; see MODEL_CARD.md",
                               strict=True)
+MISSED = pytest.mark.xfail(reason="one of the few held-out conversations of its category the shipped demo weights "
+                                  "get wrong; see MODEL_CARD.md", strict=True)
 
 
 @pytest.mark.slow
@@ -620,9 +626,10 @@ def test_demo_model_computes_with_the_sandboxed_python_tool(harness):
 @pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.browser
-def test_demo_model_searches_opens_and_cites(harness):
-    for ex in _held_out("browser"):
-        assert harness(ex)["ok"]
+@pytest.mark.parametrize("lang", ["en", pytest.param("zh", marks=BELOW_BAR)])
+def test_demo_model_searches_opens_and_cites(harness, lang):
+    ex = next(e for e in _held_out("browser") if e.lang == lang)
+    assert harness(ex)["ok"]
 
 
 @pytest.mark.slow
@@ -635,7 +642,7 @@ def test_demo_model_draws_with_cogview_in_english(harness):
 
 @pytest.mark.slow
 @pytest.mark.engine
-@pytest.mark.parametrize("lang", ["en", pytest.param("zh", marks=BELOW_BAR)])
+@pytest.mark.parametrize("lang", ["en", "zh"])
 def test_demo_model_calls_a_user_function_from_a_tools_file(harness, lang):
     ex = next(e for e in _held_out("function") if e.lang == lang)
     assert harness(ex)["ok"]
@@ -652,11 +659,11 @@ def test_demo_model_answers_a_greeting_without_tools(harness, lang):
 @pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.sandbox
-def test_demo_model_corrects_a_call_after_an_error_observation(harness):
+@pytest.mark.parametrize("kind", [pytest.param("python", marks=MISSED), "function"])
+def test_demo_model_corrects_a_call_after_an_error_observation(harness, kind):
     exs = data.generate("error", 8, seed=7, split="eval")
-    for kind in ("python", "function"):
-        ex = next(e for e in exs if (e.expect["tool"] == "python") == (kind == "python"))
-        assert harness(ex)["ok"]
+    ex = next(e for e in exs if (e.expect["tool"] == "python") == (kind == "python"))
+    assert harness(ex)["ok"]
 
 
 @pytest.mark.slow
