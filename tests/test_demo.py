@@ -439,21 +439,21 @@ def test_choice_circuit_chooses_the_function_the_request_names_before_any_traini
 
     tok = load_tokenizer(demo_model_dir())
     cases = probe_selection.two_function_cases(tok, "eval", 60, seed=5)
-    params = [p.split("_")[0] for p, _ in data._PARAMS]
+    verbs, params = data.function_words()
 
     def model(choice: bool):
         torch.manual_seed(0)
         m = GlmForCausalLM(GlmConfig.from_pretrained(demo_model_dir())).eval()
         train.copy_circuit(m, seed=0, ngram=3, gain=0.2)
         if choice:
-            assert train.choice_circuit(m, tok, verbs=data._FN_VERB, params=params)
+            assert train.choice_circuit(m, tok, verbs=verbs, params=params)
         return m
 
     before, after = probe_selection.rates(model(False), cases), probe_selection.rates(model(True), cases)
     assert before["right"] < 0.2 and before["other"] < 0.2, before
     assert after["right"] >= 0.75 and after["other"] <= 0.15, after
     with pytest.raises(ValueError, match="one token"):
-        train.choice_circuit(model(False), tok, verbs=data._FN_VERB, params=["order_id"])
+        train.choice_circuit(model(False), tok, verbs=verbs, params=["order_id"])
 
 
 @pytest.mark.slow
@@ -495,7 +495,8 @@ def test_training_keeps_the_choice_circuit_as_built_and_reproduces(tmp_path):
     torch.manual_seed(0)  # as train.py builds it
     model = GlmForCausalLM(GlmConfig.from_pretrained(tmp_path / "a"))
     train.copy_circuit(model, seed=0, ngram=3, gain=0.2)
-    kept = dict(train.choice_circuit(model, tok, verbs=data._FN_VERB, params=[p.split("_")[0] for p, _ in data._PARAMS]))
+    verbs, params = data.function_words()
+    kept = dict(train.choice_circuit(model, tok, verbs=verbs, params=params))
     built = dict(model.named_parameters())
     assert "model.embed_tokens.weight" in kept and "model.layers.3.mlp.down_proj.weight" in kept
     for name, mask in kept.items():

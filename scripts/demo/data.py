@@ -111,10 +111,10 @@ _MORE = {
                 "Generate a picture of a {x}.", "Could you paint a {x}?", "An image of a {x}, please.", "Sketch a {x}.",
                 "I want a picture of a {x}.", "Render a {x}.", "Create a picture of a {x}."],
     "draw_zh": ["画{x}", "画一张{x}", "请生成一张{x}的图", "帮我生成{x}的图片", "给我画一个{x}", "我想要{x}的图", "生成{x}的画", "画一幅{x}"],
-    "fn_en": ["Give me the {thing} for {args}.", "Please get the {thing} for {args}.", "The {thing} for {args}?",
+    "function_en": ["Give me the {thing} for {args}.", "Please get the {thing} for {args}.", "The {thing} for {args}?",
               "Show the {thing} for {args}.", "Can you tell me the {thing} for {args}?", "Fetch the {thing} for {args}.",
               "Query the {thing} for {args}.", "Report the {thing} for {args}."],
-    "fn_zh": ["{args} 的{thing}", "获取 {args} 的{thing}", "告诉我 {args} 的{thing}是多少", "看看 {args} 的{thing}", "查一下 {args} 的{thing}"],
+    "function_zh": ["{args} 的{thing}", "获取 {args} 的{thing}", "告诉我 {args} 的{thing}是多少", "看看 {args} 的{thing}", "查一下 {args} 的{thing}"],
 }
 
 
@@ -499,6 +499,12 @@ def _function(rng: random.Random, split: str) -> tuple[ToolSpec, dict[str, Any]]
     return spec, defn
 
 
+def function_words() -> tuple[list[str], list[str]]:
+    """The words every function name starts with (its verb) and every parameter name starts with
+    (`order` for `order_id`, which a request writes `order id`): what `train.choice_circuit` codes."""
+    return list(_FN_VERB), [p.split("_")[0] for p, _ in _PARAMS]
+
+
 def function_source(defn: dict[str, Any]) -> str:
     """Python source of the user tool `defn` (for a `--tools` file): returns a value made from its arguments.
 
@@ -529,11 +535,11 @@ def function_task(rng: random.Random, lang: str, split: str) -> dict[str, Any]:
             args[p] = rng.choice(_STR_VALUES)
     if lang == "en":
         said = " and ".join(f"{p.replace('_', ' ')} {v}" for p, v in args.items())
-        request = rng.choice(_half(_FN_ASK_EN, split, _MORE["fn_en"])).format(thing=defn["thing"][0], args=said)
+        request = rng.choice(_half(_FN_ASK_EN, split, _MORE["function_en"])).format(thing=defn["thing"][0], args=said)
         answer = _FN_ANS_EN.format(thing=defn["thing"][0], args=said, v="{v}")
     else:
         said = "、".join(f"{p} {v}" for p, v in args.items())
-        request = rng.choice(_half(_FN_ASK_ZH, split, _MORE["fn_zh"])).format(thing=defn["thing"][1], args=said)
+        request = rng.choice(_half(_FN_ASK_ZH, split, _MORE["function_zh"])).format(thing=defn["thing"][1], args=said)
         answer = _FN_ANS_ZH.format(thing=defn["thing"][1], args=said, v="{v}")
     return {"spec": spec, "defn": defn, "args": args, "request": request, "answer": answer}
 
@@ -697,7 +703,7 @@ def _spec_tool(spec: ToolSpec) -> Any:
 # ---- phrasings written blind ------------------------------------------------------------------
 
 # More training-only phrasings, for the kinds whose held-out phrasings are the furthest from
-# training: the six plain replies, the python tasks and search. A helper wrote them from a
+# training: the six plain replies, the python tasks, search and user functions. Helpers wrote them from a
 # description of each kind (what the user means, the reply, the slots) without seeing this file,
 # the held-out phrasings or any failure, so they broaden what each kind can sound like without
 # aiming at the evaluation. `blind_phrasings` drops every one that is a held-out phrasing up to
@@ -799,8 +805,7 @@ def blind_pools(on: bool = True):
         kept, _ = blind_phrasings()
         for lang, keys in kept.items():
             for key, phrasings in keys.items():
-                pool = (_PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else
-                        _MORE[f"fn_{lang}"] if key == "function" else _MORE[f"{key}_{lang}"])
+                pool = _PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else _MORE[f"{key}_{lang}"]
                 pool.extend(phrasings)
                 added.append((pool, len(phrasings)))
     try:

@@ -19,8 +19,8 @@ import math
 import random
 import sys
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -410,8 +410,7 @@ def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[t
     expected verb is the most likely next token in most cases (`tests/test_demo.py`). Two functions
     that share every parameter, or whose names share their first token, it does not tell apart.
     Only the given verbs and parameter names get codes: the demo's generator draws every function's
-    name and parameters from them (a parameter by its first word: `order` for `order_id`, which the
-    request writes `order id`).
+    name and parameters from them (`data.function_words`).
     """
     import torch
 
@@ -445,8 +444,9 @@ def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[t
         mask = fixed.setdefault(name, torch.zeros_like(param, dtype=torch.bool))
         mask[index] = True
 
-    def head(layer: int, qh: int, kvh: int) -> tuple[int, int, int]:
-        """Clear (and keep) query head `qh` and key/value head `kvh` of `layer`: their first rows."""
+    def head(layer: int, qh: int, kvh: int) -> tuple[int, int]:
+        """Clear (and keep) query head `qh` and key/value head `kvh` of `layer`: their first rows (the
+        query head's are also its columns of the output projection)."""
         att = layers[layer].self_attn
         q, kv = slice(qh * hd, (qh + 1) * hd), slice(kvh * hd, (kvh + 1) * hd)
         for proj, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
@@ -454,7 +454,7 @@ def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[t
                 getattr(getattr(att, proj), kind)[rows] = 0.0
                 keep(f"model.layers.{layer}.self_attn.{proj}.{kind}", getattr(getattr(att, proj), kind), rows)
         keep(f"model.layers.{layer}.input_layernorm.weight", layers[layer].input_layernorm.weight, codes)
-        return q.start, kv.start, q.start
+        return q.start, kv.start
 
     # Magnitudes are set for the normalized residual each layer reads: an embedding code reads
     # about 11 at layer 0 and about 2 at layers 2-3, where the copy circuit's outputs have joined it.
@@ -478,31 +478,31 @@ def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[t
             emb[t, Zf] = m
         emb[roles[1], Af] = m
         # layer 0: the nearest verb or role token's verb code -> R
-        q0, k0, o0 = head(0, 4, 2)
+        q0, k0 = head(0, 4, 2)
         a0.k_proj.weight[k0 + 8, Vc] = 2.5
         a0.k_proj.weight[k0 + 8, Zf] = 2.5
         a0.q_proj.bias[q0 + 8] = 1.0
         a0.k_proj.bias[k0 + 4] = 1.0  # RoPE pair 2 (0.01 rad per position): nearer scores higher
         a0.q_proj.bias[q0 + 4] = 200.0
         a0.v_proj.weight[k0: k0 + nv, Vc] = torch.eye(nv)
-        a0.o_proj.weight[R, o0: o0 + nv] = torch.eye(nv) * m / 11.3
+        a0.o_proj.weight[R, q0: q0 + nv] = torch.eye(nv) * m / 11.3
         # layer 2: at <|assistant|>, the nearest parameter codes without a verb -> S
-        q0, k0, o0 = head(2, 2, 1)
+        q0, k0 = head(2, 2, 1)
         a2.k_proj.weight[k0 + 8, Pc] = 1.0
         a2.k_proj.weight[k0 + 8, R] = -2.0
         a2.q_proj.weight[q0 + 8, Af] = 20.0
         a2.k_proj.bias[k0 + 4] = 1.0
         a2.q_proj.weight[q0 + 4, Af] = 50.0
         a2.v_proj.weight[k0: k0 + npar, Pc] = torch.eye(npar)
-        a2.o_proj.weight[S, o0: o0 + npar] = torch.eye(npar) * m / 2
+        a2.o_proj.weight[S, q0: q0 + npar] = torch.eye(npar) * m / 2
         # layer 3: S against the parameter codes, a bonus where a verb was written; R -> the verb codes
-        q0, k0, o0 = head(3, 0, 0)
+        q0, k0 = head(3, 0, 0)
         a3.q_proj.weight[q0 + 8: q0 + 8 + npar, S] = torch.eye(npar) * 20.0
         a3.k_proj.weight[k0 + 8: k0 + 8 + npar, Pc] = torch.eye(npar)
         a3.q_proj.weight[q0 + 24, Af] = 12.0
         a3.k_proj.weight[k0 + 24, R] = 1.0
         a3.v_proj.weight[k0: k0 + nv, R] = torch.eye(nv)
-        a3.o_proj.weight[Vc, o0: o0 + nv] = torch.eye(nv)
+        a3.o_proj.weight[Vc, q0: q0 + nv] = torch.eye(nv)
     return sorted(fixed.items())
 
 
@@ -812,7 +812,8 @@ def main(argv=None) -> str:
             raise SystemExit("--choice-circuit needs --copy-circuit")
         named = dict(model.named_parameters())
         try:
-            kept = choice_circuit(model, tok, verbs=data._FN_VERB, params=[p.split("_")[0] for p, _ in data._PARAMS])
+            verbs, params = data.function_words()
+            kept = choice_circuit(model, tok, verbs=verbs, params=params)
         except ValueError as e:
             raise SystemExit(f"{e} (a model this shape or a tokenizer this small cannot hold the choice circuit: "
                              "pass --no-choice-circuit)") from None
