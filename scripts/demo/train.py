@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -207,6 +208,33 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(p, normalized=False) for p in fixed_prose(template) + list(SCHEMA_PIECES)])
     return _save_tokenizer_files(tok, template, out)
+
+
+_ENCODING: tuple = ()  # (examples, tokenizer, stop ids), shared with forked workers by `encode_all`
+
+
+def _encode_range(bounds: tuple[int, int]) -> list[tuple[list[int], list[int]]]:
+    examples, tok, stop = _ENCODING
+    return [data.encode(ex, tok, stop) for ex in examples[bounds[0]:bounds[1]]]
+
+
+def encode_all(examples: list, tok, stop: dict[str, int], workers: int) -> list[tuple[list[int], list[int]]]:
+    """`data.encode` of every example, in order, split over `workers` forked processes (the same
+    lists as one process makes: each conversation is encoded on its own)."""
+    global _ENCODING
+    import multiprocessing
+
+    if workers < 2 or len(examples) < 2000 or "fork" not in multiprocessing.get_all_start_methods():
+        return [data.encode(ex, tok, stop) for ex in examples]
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tokenizer is built; forked workers need no threads
+    _ENCODING = (examples, tok, stop)
+    step = -(-len(examples) // workers)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_encode_range, [(i, i + step) for i in range(0, len(examples), step)])
+    finally:
+        _ENCODING = ()
+    return [e for part in parts for e in part]
 
 
 # ---- model ----------------------------------------------------------------------------------------
@@ -788,7 +816,7 @@ def main(argv=None) -> str:
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
     stop = {t: tok.convert_tokens_to_ids(t) for t in GLM4_SPECIAL_TOKENS}
-    encoded = [data.encode(ex, tok, stop) for ex in examples]
+    encoded = encode_all(examples, tok, stop, args.threads)
     encoded = [e for e in encoded if len(e[0]) <= args.context]
     lengths = sorted(len(e[0]) for e in encoded)
     log(f"data: {len(encoded)} conversations, vocab {len(tok)}, tokens median {lengths[len(lengths) // 2]} "
