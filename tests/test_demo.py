@@ -171,10 +171,14 @@ def test_held_out_words_names_the_greeting_words_training_never_shows():
 
     rows = {r["phrasing"]: r for r in held_out_words.plain_gaps("en")}
     assert rows["Goodbye!"]["nowhere"] == ["goodbye"] and rows["What is your name?"]["nowhere"] == ["name"]
-    assert rows["Hello"] == {"kind": 0, "phrasing": "Hello", "other": [], "nowhere": []}
+    assert rows["Hello"] == {"kind": 0, "phrasing": "Hello", "other": [], "nowhere": [], "inside": []}
+    # the hand-written capabilities phrasings hold the held-out identity question whole
+    assert rows["What are you?"]["inside"] == ["What are you able to do?", "What are you good at?"]
     with data.blind_pools():
         rows = {r["phrasing"]: r for r in held_out_words.plain_gaps("en")}
+        zh = {r["phrasing"]: r for r in held_out_words.plain_gaps("zh")}
     assert rows["What is your name?"]["nowhere"] == []  # "Tell me your name" and the like, written blind
+    assert "喂，在吗" in zh["在吗"]["inside"] and zh["下次见"]["inside"] == []  # a blind how-are-you phrasing
 
 
 def test_made_up_words_use_every_letter_and_no_held_out_word():

@@ -6,7 +6,9 @@ in, so a held-out phrasing with a word that no training request of its kind cont
 answered right only through the other words or by luck. For every held-out plain phrasing this
 prints its words that training requests of its own kind never contain: those that only other
 kinds' training requests contain ("other"), and those that no training greeting contains at all
-("nowhere"). `--blind`: with the phrasings written blind in training too (`train.py --blind`).
+("nowhere"), and the training requests of another kind that hold the whole phrasing ("inside":
+"What are you able to do?" teaches the capabilities reply for a request that holds "What are
+you?"). `--blind`: with the phrasings written blind in training too (`train.py --blind`).
 
     python3 scripts/demo/held_out_words.py
     python3 scripts/demo/held_out_words.py --blind
@@ -29,9 +31,17 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower())) | set(re.findall(r"[\u4e00-\u9fff]", text))
 
 
+def holds(text: str, phrasing: str, lang: str) -> bool:
+    """Whether the request `text` holds the whole of `phrasing`, up to case, punctuation,
+    contractions and filler words at the phrasing's ends (`data._near`), at any length."""
+    near, held = data._near(text, lang), data._near(phrasing, lang)
+    return held in near if lang == "zh" else f" {held} " in f" {near} "
+
+
 def plain_gaps(lang: str) -> list[dict]:
     """One row per held-out plain phrasing of `lang`: its kind (the index of its reply in
-    `data._PLAIN`), and its words that training requests of that kind never contain."""
+    `data._PLAIN`), its words that training requests of that kind never contain, and the training
+    requests of other kinds that hold it."""
     kinds = [(data._half(asks, "train", data._PLAIN_MORE[lang][g]), data._half(asks, "eval"))
              for g, (asks, _) in enumerate(data._PLAIN[lang])]
     rows = []
@@ -40,8 +50,9 @@ def plain_gaps(lang: str) -> list[dict]:
         other = set().union(*(words(t) for h, (ts, _) in enumerate(kinds) if h != g for t in ts))
         for phrasing in held:
             w = words(phrasing)
+            inside = [t for h, (ts, _) in enumerate(kinds) if h != g for t in ts if holds(t, phrasing, lang)]
             rows.append({"kind": g, "phrasing": phrasing, "other": sorted((w - own) & other),
-                         "nowhere": sorted(w - own - other)})
+                         "nowhere": sorted(w - own - other), "inside": inside})
     return rows
 
 
@@ -55,7 +66,8 @@ def main(argv=None) -> None:
             rows = plain_gaps(lang)
         for r in rows:
             print(f"  {r['phrasing']!r:24} only another kind's: {', '.join(r['other']) or '-':12} "
-                  f"no training greeting's: {', '.join(r['nowhere']) or '-'}")
+                  f"no training greeting's: {', '.join(r['nowhere']) or '-':8} "
+                  f"inside another kind's: {', '.join(map(repr, r['inside'])) or '-'}")
 
 
 if __name__ == "__main__":
