@@ -109,6 +109,23 @@ def test_no_training_phrasing_is_a_held_out_one_but_for_punctuation():
             assert data._bare(ex.messages[-2].content) not in held
 
 
+def test_encoding_in_forked_workers_gives_the_ids_one_process_gives(tmp_path):
+    import train
+    from glm_runtime.chat_format import render
+    from glm_runtime.tokenizer import load_tokenizer
+
+    examples = data.mixture(300, seed=4)
+    bare = train._bare_tokenizer(train.official_template())
+    texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
+    train.build_tokenizer(texts, vocab_size=600, template=train.official_template(), out=tmp_path,
+                          split="letters", min_word_count=3)
+    tok = load_tokenizer(tmp_path)
+    stop = {t: tok.convert_tokens_to_ids(t) for t in train.GLM4_SPECIAL_TOKENS}
+    one = [data.encode(ex, tok, stop) for ex in examples]
+    assert train.encode_all(examples, tok, stop, 3, min_parallel=0) == one  # 3 parts, in order
+    assert train.encode_all(examples, tok, stop, 2) == one  # few examples: no forks
+
+
 # ---- tokenizer -------------------------------------------------------------------------------------
 
 def _letters_tokenizer(tmp_path, words):

@@ -218,13 +218,15 @@ def _encode_range(bounds: tuple[int, int]) -> list[tuple[list[int], list[int]]]:
     return [data.encode(ex, tok, stop) for ex in examples[bounds[0]:bounds[1]]]
 
 
-def encode_all(examples: list, tok, stop: dict[str, int], workers: int) -> list[tuple[list[int], list[int]]]:
+def encode_all(examples: list, tok, stop: dict[str, int], workers: int,
+               min_parallel: int = 2000) -> list[tuple[list[int], list[int]]]:
     """`data.encode` of every example, in order, split over `workers` forked processes (the same
-    lists as one process makes: each conversation is encoded on its own)."""
+    lists as one process makes: each conversation is encoded on its own). Fewer than
+    `min_parallel` examples are encoded here: a small run is not worth the forks."""
     global _ENCODING
     import multiprocessing
 
-    if workers < 2 or len(examples) < 2000 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or len(examples) < min_parallel or "fork" not in multiprocessing.get_all_start_methods():
         return [data.encode(ex, tok, stop) for ex in examples]
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tokenizer is built; forked workers need no threads
     _ENCODING = (examples, tok, stop)
