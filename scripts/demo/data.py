@@ -740,13 +740,14 @@ def _near(text: str, lang: str) -> str:
     return " ".join(words)
 
 
-def _contains(near: str, held: str, lang: str) -> bool:
+def _contains(near: str, held: str, lang: str, any_length: bool = False) -> bool:
     """Whether the phrasing `near` holds the held-out phrasing `held` (both `_near`), where that is
-    more than one word (English) or two characters (Chinese): "What is your name, assistant?" holds
-    "What is your name?". A held-out phrasing of one word only excludes itself, not the word."""
+    more than one word (English) or two characters (Chinese), or of any length with `any_length`:
+    "What is your name, assistant?" holds "What is your name?". A held-out phrasing of one word
+    only excludes itself, not the word."""
     if lang == "zh":
-        return len(held) > 2 and held in near
-    return " " in held and f" {held} " in f" {near} "
+        return (any_length or len(held) > 2) and held in near
+    return (any_length or " " in held) and f" {held} " in f" {near} "
 
 
 def _held_out_pools(lang: str) -> dict[str, list[str]]:

@@ -34,8 +34,7 @@ def words(text: str) -> set[str]:
 def holds(text: str, phrasing: str, lang: str) -> bool:
     """Whether the request `text` holds the whole of `phrasing`, up to case, punctuation,
     contractions and filler words at the phrasing's ends (`data._near`), at any length."""
-    near, held = data._near(text, lang), data._near(phrasing, lang)
-    return held in near if lang == "zh" else f" {held} " in f" {near} "
+    return data._contains(data._near(text, lang), data._near(phrasing, lang), lang, any_length=True)
 
 
 def plain_gaps(lang: str) -> list[dict]:
