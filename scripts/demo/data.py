@@ -24,6 +24,7 @@ change closing punctuation and put filler words (common or made-up) before a req
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -67,9 +68,16 @@ def builtin_specs(names) -> list[ToolSpec]:
 def _half(items: list, split: str, extra: tuple = ()) -> list:
     """Training gets the even positions (and `extra`, phrasings only ever trained on), held-out
     evaluation the odd ones. An `extra` phrasing that differs from a held-out one only in case or
-    punctuation ("Goodbye" for "Goodbye!") is left out: it would be the held-out phrasing."""
+    punctuation ("Goodbye" for "Goodbye!") is left out: it would be the held-out phrasing. So is a
+    training phrasing that holds a held-out phrasing of another reply (`_crossings`)."""
     if split != "train":
         return items[1::2]
+    crossing = _crossings()
+    return [x for x in _train_half(items, extra) if x not in crossing]
+
+
+def _train_half(items: list, extra: tuple = ()) -> list:
+    """`_half`'s training phrasings before `_crossings` leaves any out."""
     held = {_bare(x) for x in items[1::2]}
     return items[0::2] + [x for x in extra if _bare(x) not in held]
 
@@ -708,8 +716,10 @@ def _spec_tool(spec: ToolSpec) -> Any:
 # the held-out phrasings or any failure, so they broaden what each kind can sound like without
 # aiming at the evaluation. `blind_phrasings` drops every one that is a held-out phrasing up to
 # case, punctuation, contractions and a leading or trailing filler word (`_near`), or holds one of
-# more than a word (`_contains`), and every plain one that is another kind's; the rest join `_MORE`
-# and `_PLAIN_MORE` inside `blind_pools()`.
+# more than a word (`_contains`), or holds a held-out phrasing of another reply at any length and in
+# either language (`_crosses`: the Chinese greeting "hello" is the English held-out "Hello"), and
+# every plain one that is another kind's; the rest join `_MORE` and `_PLAIN_MORE` inside
+# `blind_pools()`. Hand-written phrasings that cross (`_crossings`) are left out of training too.
 BLIND_FILE = Path(__file__).with_name("blind_phrasings.json")
 PLAIN_KINDS = ("greeting", "identity", "thanks", "how_are_you", "farewell", "capabilities")
 _CONTRACTIONS = {"what's": "what is", "how's": "how is", "who's": "who is", "where's": "where is",
@@ -760,6 +770,42 @@ def _held_out_pools(lang: str) -> dict[str, list[str]]:
     return pools
 
 
+def _extra_pool(key: str, lang: str) -> list[str]:
+    """The training-only phrasings of a blind key (`_PLAIN_MORE` or `_MORE`)."""
+    return _PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else _MORE[f"{key}_{lang}"]
+
+
+@functools.cache
+def _held_by_reply() -> tuple[tuple[str, str, str], ...]:
+    """(language, key, `_near` form) of every held-out phrasing that no training phrasing of its own
+    key and language is: the phrasings a model can only answer from their words."""
+    out = []
+    for lang in ("en", "zh"):
+        for key, pool in _held_out_pools(lang).items():
+            trained = {_near(x, lang) for x in _train_half(pool, _extra_pool(key, lang))}
+            out += [(lang, key, n) for n in dict.fromkeys(_near(x, lang) for x in pool[1::2]) if n not in trained]
+    return tuple(out)
+
+
+def _crosses(text: str, lang: str, key: str) -> str | None:
+    """The held-out phrasing of another reply that the training phrasing `text` (of `key` in `lang`)
+    holds, at any length and in either language, or None. "What are you able to do?" (capabilities)
+    holds "What are you?" (identity); the Chinese greeting "hello" is the English "Hello". Training
+    on it would teach that held-out phrasing the wrong reply."""
+    for m, k, held in _held_by_reply():
+        if (m, k) != (lang, key) and _contains(_near(text, m), held, m, any_length=True):
+            return held
+    return None
+
+
+@functools.cache
+def _crossings() -> frozenset[str]:
+    """The hand-written training phrasings that `_crosses` finds; `_half` leaves them out. (Blind
+    phrasings that cross are dropped in `blind_phrasings`, so none is ever in a pool to find.)"""
+    return frozenset(x for lang in ("en", "zh") for key, pool in _held_out_pools(lang).items()
+                     for x in _train_half(pool, _extra_pool(key, lang)) if _crosses(x, lang, key))
+
+
 _SLOTS = {"arith": ["{a} {op} {b}"], "sum": ["{items}"], "max": ["{items}"], "min": ["{items}"], "mean": ["{items}"],
           "sort": ["{items}"], "len": ["'{w}'"], "pow": ["{a}", "{b}"], "search": ["{t}"], "function": ["{thing}", "{args}"]}
 
@@ -785,6 +831,7 @@ def blind_phrasings(raw: dict | None = None) -> tuple[dict[str, dict[str, list[s
                 want = _SLOTS.get(key, [])
                 why = ("a held-out phrasing" if near in held else
                        "contains a held-out phrasing" if any(_contains(near, h, lang) for h in held) else
+                       "holds another reply's held-out phrasing" if _crosses(text, lang, key) else
                        "another kind's phrasing" if plain_train.get(near, key) != key else
                        "a repeat" if (key, near) in seen else
                        "wrong slots" if (sorted(slots) != sorted(re.findall(r"\{\w*\}", " ".join(want)))
@@ -806,7 +853,7 @@ def blind_pools(on: bool = True):
         kept, _ = blind_phrasings()
         for lang, keys in kept.items():
             for key, phrasings in keys.items():
-                pool = _PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else _MORE[f"{key}_{lang}"]
+                pool = _extra_pool(key, lang)
                 pool.extend(phrasings)
                 added.append((pool, len(phrasings)))
     try:

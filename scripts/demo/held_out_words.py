@@ -7,8 +7,9 @@ answered right only through the other words or by luck. For every held-out plain
 prints its words that training requests of its own kind never contain: those that only other
 kinds' training requests contain ("other"), and those that no training greeting contains at all
 ("nowhere"), and the training requests of another kind that hold the whole phrasing ("inside":
-"What are you able to do?" teaches the capabilities reply for a request that holds "What are
-you?"). `--blind`: with the phrasings written blind in training too (`train.py --blind`).
+"What are you able to do?" would teach the capabilities reply for a request that holds "What are
+you?"; training now leaves such phrasings out, `data._crossings`, so the column should be empty).
+`--blind`: with the phrasings written blind in training too (`train.py --blind`).
 
     python3 scripts/demo/held_out_words.py
     python3 scripts/demo/held_out_words.py --blind
