@@ -189,14 +189,17 @@ def test_held_out_words_names_the_greeting_words_training_never_shows():
     rows = {r["phrasing"]: r for r in held_out_words.plain_gaps("en")}
     assert rows["Goodbye!"]["nowhere"] == ["goodbye"] and rows["What is your name?"]["nowhere"] == ["name"]
     assert rows["Hello"] == {"kind": 0, "phrasing": "Hello", "other": [], "nowhere": [], "inside": []}
-    # "inside": the capabilities phrasing "What are you able to do?" would hold "What are you?" whole,
-    # but training leaves it out (`data._crossings`), so no training request of another kind holds it
-    assert held_out_words.holds("What are you able to do?", "What are you?", "en")
-    assert rows["What are you?"]["inside"] == []
+    # the hand-written capabilities phrasings hold the held-out identity question whole
+    assert rows["What are you?"]["inside"] == ["What are you able to do?", "What are you good at?"]
     with data.blind_pools():
         rows = {r["phrasing"]: r for r in held_out_words.plain_gaps("en")}
         zh = {r["phrasing"]: r for r in held_out_words.plain_gaps("zh")}
     assert rows["What is your name?"]["nowhere"] == []  # "Tell me your name" and the like, written blind
+    assert "喂，在吗" in zh["在吗"]["inside"] and zh["下次见"]["inside"] == []  # a blind how-are-you phrasing
+    # leaving out the phrasings that hold another reply's held-out one (train.py --drop-crossing) empties "inside"
+    with data.crossing_filter(), data.blind_pools():
+        rows = {r["phrasing"]: r for r in held_out_words.plain_gaps("en")}
+        zh = {r["phrasing"]: r for r in held_out_words.plain_gaps("zh")}
     assert zh["在吗"]["inside"] == [] and all(r["inside"] == [] for r in rows.values())
 
 
@@ -206,17 +209,23 @@ def test_no_training_phrasing_holds_a_held_out_phrasing_of_another_reply():
     assert "What are you able to do?" in data._PLAIN_MORE["en"][5]
     # written blind: across languages too, at any length; a held-out phrasing that its own reply
     # trains on ("Hi" is a training greeting; "你好呀" is "你好" up to a filler) does not count
-    kept, dropped = data.blind_phrasings({
-        "en": {"thanks": ["Thanks for the help!", "Thanks, you rock"]},
-        "zh": {"greeting": ["hello", "hi", "hey"], "how_are_you": ["你在吗", "你好吗", "还好吧"]}})
+    blind = {"en": {"thanks": ["Thanks for the help!", "Thanks, you rock"]},
+             "zh": {"greeting": ["hello", "hi", "hey"], "how_are_you": ["你在吗", "你好吗", "还好吧"]}}
+    with data.crossing_filter():
+        kept, dropped = data.blind_phrasings(blind)
     assert kept == {"en": {"thanks": ["Thanks, you rock"]}, "zh": {"greeting": ["hi"], "how_are_you": ["你好吗", "还好吧"]}}
     assert [(t, why) for _, t, why in dropped] == [(t, "holds another reply's held-out phrasing")
                                                     for t in ("Thanks for the help!", "hello", "hey", "你在吗")]
-    # and no training conversation asks with one
-    with data.blind_pools():
-        plain = data.generate("plain", 6000, seed=2)
-    assert not [e.messages[-2].content for e in plain
+    assert data.blind_phrasings(blind)[1] == []  # outside the filter (the shipped weights' data) all are kept
+
+    # and with the filter no training conversation asks with one; without it, some do
+    def crossing(on):
+        with data.crossing_filter(on), data.blind_pools():
+            plain = data.generate("plain", 6000, seed=2)
+        return [e.messages[-2].content for e in plain
                 if data._crosses(e.messages[-2].content, e.lang, data.PLAIN_KINDS[_plain_kind(e)])]
+
+    assert crossing(True) == [] and "What are you able to do?" in crossing(False)
 
 
 def _plain_kind(example) -> int:

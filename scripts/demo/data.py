@@ -68,10 +68,13 @@ def builtin_specs(names) -> list[ToolSpec]:
 def _half(items: list, split: str, extra: tuple = ()) -> list:
     """Training gets the even positions (and `extra`, phrasings only ever trained on), held-out
     evaluation the odd ones. An `extra` phrasing that differs from a held-out one only in case or
-    punctuation ("Goodbye" for "Goodbye!") is left out: it would be the held-out phrasing. So is a
-    training phrasing that holds a held-out phrasing of another reply (`_crossings`)."""
+    punctuation ("Goodbye" for "Goodbye!") is left out: it would be the held-out phrasing. Inside
+    `crossing_filter()`, so is a training phrasing that holds a held-out phrasing of another reply
+    (`_crossings`)."""
     if split != "train":
         return items[1::2]
+    if not _DROP_CROSSING:
+        return _train_half(items, extra)
     crossing = _crossings()
     return [x for x in _train_half(items, extra) if x not in crossing]
 
@@ -717,9 +720,11 @@ def _spec_tool(spec: ToolSpec) -> Any:
 # aiming at the evaluation. `blind_phrasings` drops every one that is a held-out phrasing up to
 # case, punctuation, contractions and a leading or trailing filler word (`_near`), or holds one of
 # more than a word (`_contains`), or holds a held-out phrasing of another reply at any length and in
-# either language (`_crosses`: the Chinese greeting "hello" is the English held-out "Hello"), and
+# either language (`_crosses`: the Chinese greeting "hello" is the English held-out "Hello"; only
+# inside `crossing_filter()`), and
 # every plain one that is another kind's; the rest join `_MORE` and `_PLAIN_MORE` inside
-# `blind_pools()`. Hand-written phrasings that cross (`_crossings`) are left out of training too.
+# `blind_pools()`. Inside `crossing_filter()` (not for the shipped weights), hand-written phrasings
+# that cross (`_crossings`) are left out of training too.
 BLIND_FILE = Path(__file__).with_name("blind_phrasings.json")
 PLAIN_KINDS = ("greeting", "identity", "thanks", "how_are_you", "farewell", "capabilities")
 _CONTRACTIONS = {"what's": "what is", "how's": "how is", "who's": "who is", "where's": "where is",
@@ -798,6 +803,23 @@ def _crosses(text: str, lang: str, key: str) -> str | None:
     return None
 
 
+_DROP_CROSSING = False  # set by `crossing_filter`
+
+
+@contextmanager
+def crossing_filter(on: bool = True):
+    """Within the block, training leaves out every phrasing that `_crosses` finds (`train.py
+    --drop-crossing`): hand-written ones in `_half`, blind ones in `blind_phrasings`. Off by
+    default: the shipped weights were trained without it, and the one run with it was no better
+    (MODEL_CARD.md). Enter it before `blind_pools`."""
+    global _DROP_CROSSING
+    before, _DROP_CROSSING = _DROP_CROSSING, on
+    try:
+        yield
+    finally:
+        _DROP_CROSSING = before
+
+
 @functools.cache
 def _crossings() -> frozenset[str]:
     """The hand-written training phrasings that `_crosses` finds; `_half` leaves them out. (Blind
@@ -831,7 +853,7 @@ def blind_phrasings(raw: dict | None = None) -> tuple[dict[str, dict[str, list[s
                 want = _SLOTS.get(key, [])
                 why = ("a held-out phrasing" if near in held else
                        "contains a held-out phrasing" if any(_contains(near, h, lang) for h in held) else
-                       "holds another reply's held-out phrasing" if _crosses(text, lang, key) else
+                       "holds another reply's held-out phrasing" if _DROP_CROSSING and _crosses(text, lang, key) else
                        "another kind's phrasing" if plain_train.get(near, key) != key else
                        "a repeat" if (key, near) in seen else
                        "wrong slots" if (sorted(slots) != sorted(re.findall(r"\{\w*\}", " ".join(want)))

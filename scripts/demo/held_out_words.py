@@ -7,9 +7,9 @@ answered right only through the other words or by luck. For every held-out plain
 prints its words that training requests of its own kind never contain: those that only other
 kinds' training requests contain ("other"), and those that no training greeting contains at all
 ("nowhere"), and the training requests of another kind that hold the whole phrasing ("inside":
-"What are you able to do?" would teach the capabilities reply for a request that holds "What are
-you?"; training now leaves such phrasings out, `data._crossings`, so the column should be empty).
-`--blind`: with the phrasings written blind in training too (`train.py --blind`).
+"What are you able to do?" teaches the capabilities reply for a request that holds "What are
+you?"; `train.py --drop-crossing` leaves such phrasings out, and `--drop-crossing` here shows
+training with it). `--blind`: with the phrasings written blind in training too (`train.py --blind`).
 
     python3 scripts/demo/held_out_words.py
     python3 scripts/demo/held_out_words.py --blind
@@ -59,10 +59,12 @@ def plain_gaps(lang: str) -> list[dict]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="The words of held-out greetings that training never shows.")
     p.add_argument("--blind", action="store_true", help="train with the phrasings written blind too")
+    p.add_argument("--drop-crossing", action="store_true",
+                   help="leave out training phrasings that hold another reply's held-out phrasing")
     args = p.parse_args(argv)
     for lang in ("en", "zh"):
         print(f"{lang}: held-out phrasing -> its words that no training request of its kind has")
-        with data.blind_pools(args.blind):
+        with data.crossing_filter(args.drop_crossing), data.blind_pools(args.blind):
             rows = plain_gaps(lang)
         for r in rows:
             print(f"  {r['phrasing']!r:24} only another kind's: {', '.join(r['other']) or '-':12} "

@@ -755,6 +755,10 @@ def parse_args(argv=None):
                    help="train on the phrasings a helper wrote without seeing the held-out ones too "
                         "(scripts/demo/blind_phrasings.json, see data.blind_phrasings); --no-blind: the data "
                         "of the previous weights, sha256 5e435782...")
+    p.add_argument("--drop-crossing", action=argparse.BooleanOptionalAction, default=False,
+                   help="leave out every training phrasing that holds a held-out phrasing of another reply, at any "
+                        "length and in either language (data.crossing_filter; one run with it was no better, see "
+                        "MODEL_CARD.md)")
     p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--vary-case", type=float, default=0.25,
@@ -805,7 +809,7 @@ def main(argv=None) -> str:
     template = official_template()
     t0 = time.time()
     weights = data.WEIGHTS | {"plain": args.plain_weight}
-    with data.blind_pools(args.blind):
+    with data.crossing_filter(args.drop_crossing), data.blind_pools(args.blind):
         examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends,
                                 fillers=args.fillers, vary_case=args.vary_case)
     bare = _bare_tokenizer(template)
@@ -872,6 +876,8 @@ def main(argv=None) -> str:
              "vary_case": args.vary_case}
     if args.blind:
         meta["blind"] = True
+    if args.drop_crossing:
+        meta["drop_crossing"] = True
     if args.choice_circuit:  # weights before it have no such key
         meta["choice_circuit"] = True
     if args.choice_weight != 1:  # the shipped weights' training.json predates the option
