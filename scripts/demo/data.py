@@ -719,12 +719,11 @@ def _spec_tool(spec: ToolSpec) -> Any:
 # the held-out phrasings or any failure, so they broaden what each kind can sound like without
 # aiming at the evaluation. `blind_phrasings` drops every one that is a held-out phrasing up to
 # case, punctuation, contractions and a leading or trailing filler word (`_near`), or holds one of
-# more than a word (`_contains`), or holds a held-out phrasing of another reply at any length and in
-# either language (`_crosses`: the Chinese greeting "hello" is the English held-out "Hello"; only
-# inside `crossing_filter()`), and
-# every plain one that is another kind's; the rest join `_MORE` and `_PLAIN_MORE` inside
-# `blind_pools()`. Inside `crossing_filter()` (not for the shipped weights), hand-written phrasings
-# that cross (`_crossings`) are left out of training too.
+# more than a word (`_contains`), and every plain one that is another kind's; the rest join `_MORE`
+# and `_PLAIN_MORE` inside `blind_pools()`. Inside `crossing_filter()` (not for the shipped
+# weights), training also leaves out every phrasing, blind or hand-written, that holds a held-out
+# phrasing of another reply at any length and in either language (`_crosses`: the Chinese greeting
+# "hello" is the English held-out "Hello").
 BLIND_FILE = Path(__file__).with_name("blind_phrasings.json")
 PLAIN_KINDS = ("greeting", "identity", "thanks", "how_are_you", "farewell", "capabilities")
 _CONTRACTIONS = {"what's": "what is", "how's": "how is", "who's": "who is", "where's": "where is",
@@ -780,15 +779,21 @@ def _extra_pool(key: str, lang: str) -> list[str]:
     return _PLAIN_MORE[lang][PLAIN_KINDS.index(key)] if key in PLAIN_KINDS else _MORE[f"{key}_{lang}"]
 
 
+def _blind_key_pools():
+    """(language, key, held-out phrasings, training phrasings before `_crossings`) of every blind key."""
+    for lang in ("en", "zh"):
+        for key, pool in _held_out_pools(lang).items():
+            yield lang, key, pool[1::2], _train_half(pool, _extra_pool(key, lang))
+
+
 @functools.cache
 def _held_by_reply() -> tuple[tuple[str, str, str], ...]:
     """(language, key, `_near` form) of every held-out phrasing that no training phrasing of its own
     key and language is: the phrasings a model can only answer from their words."""
     out = []
-    for lang in ("en", "zh"):
-        for key, pool in _held_out_pools(lang).items():
-            trained = {_near(x, lang) for x in _train_half(pool, _extra_pool(key, lang))}
-            out += [(lang, key, n) for n in dict.fromkeys(_near(x, lang) for x in pool[1::2]) if n not in trained]
+    for lang, key, held, train in _blind_key_pools():
+        trained = {_near(x, lang) for x in train}
+        out += [(lang, key, n) for n in dict.fromkeys(_near(x, lang) for x in held) if n not in trained]
     return tuple(out)
 
 
@@ -797,8 +802,9 @@ def _crosses(text: str, lang: str, key: str) -> str | None:
     holds, at any length and in either language, or None. "What are you able to do?" (capabilities)
     holds "What are you?" (identity); the Chinese greeting "hello" is the English "Hello". Training
     on it would teach that held-out phrasing the wrong reply."""
+    near = {m: _near(text, m) for m in ("en", "zh")}
     for m, k, held in _held_by_reply():
-        if (m, k) != (lang, key) and _contains(_near(text, m), held, m, any_length=True):
+        if (m, k) != (lang, key) and _contains(near[m], held, m, any_length=True):
             return held
     return None
 
@@ -824,8 +830,7 @@ def crossing_filter(on: bool = True):
 def _crossings() -> frozenset[str]:
     """The hand-written training phrasings that `_crosses` finds; `_half` leaves them out. (Blind
     phrasings that cross are dropped in `blind_phrasings`, so none is ever in a pool to find.)"""
-    return frozenset(x for lang in ("en", "zh") for key, pool in _held_out_pools(lang).items()
-                     for x in _train_half(pool, _extra_pool(key, lang)) if _crosses(x, lang, key))
+    return frozenset(x for lang, key, _, train in _blind_key_pools() for x in train if _crosses(x, lang, key))
 
 
 _SLOTS = {"arith": ["{a} {op} {b}"], "sum": ["{items}"], "max": ["{items}"], "min": ["{items}"], "mean": ["{items}"],
