@@ -24,6 +24,8 @@ import ast
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from glm_runtime import pyast
+
 __all__ = ["BROWSER_FUNCTIONS", "BROWSER_USAGE", "BrowserCommand", "BrowserCommandError", "parse_browser_commands"]
 
 # name -> parameter names in positional order (the signatures the model is told about).
@@ -76,13 +78,13 @@ def parse_browser_commands(text: str) -> list[BrowserCommand]:
 
 
 def _parse(source: str) -> tuple[ast.Module, str]:
-    """The syntax tree and the source it was read from."""
+    """The syntax tree and the source it was read from (parsed under `pyast`'s lock)."""
     try:
-        return ast.parse(source, mode="exec"), source
+        return pyast.parse(source), source
     except IndentationError:
         # Commands are one per line, so an indented line is only stray whitespace, not a block.
         source = "\n".join(line.strip() for line in source.splitlines())
-        return ast.parse(source, mode="exec"), source
+        return pyast.parse(source), source
 
 
 def _command(stmt: ast.stmt, source: str) -> BrowserCommand:

@@ -17,11 +17,11 @@ Every reader returns `(value, repair, error)` and never raises on model output.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from typing import Any
 
+from glm_runtime import pyast
 from glm_runtime.messages import ToolSpec
 
 __all__ = ["read_json_arguments", "read_xml_arguments", "strip_code_fence"]
@@ -73,7 +73,7 @@ def _repair_json(name: str, s: str, e: ValueError) -> tuple[dict[str, Any], str 
             f"...{_clip(s[-60:], 60)!r}; write the whole JSON object again"
         )
     try:
-        value = ast.literal_eval(s)  # literals only: Python-style quotes and True/False/None
+        value = pyast.literal_eval(s)  # literals only: Python-style quotes and True/False/None
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
         value = None
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):

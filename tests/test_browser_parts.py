@@ -71,6 +71,49 @@ def test_a_bad_command_is_an_error_observation_not_an_exception(tmp_path: Path):
     tool.close()
 
 
+def test_commands_and_python_style_arguments_parse_from_many_threads_at_once():
+    """CPython 3.11's AST constructor shares its recursion counter across threads: a thread switch
+    inside one parse (a collection running a finalizer) made another parse raise SystemError in CI.
+    Here four threads parse while collections run finalizers and the interpreter switches often."""
+    import gc
+    import sys
+
+    from glm_runtime.call_arguments import read_json_arguments
+
+    class Finalized:
+        def __del__(self):
+            sum(range(200))  # long enough for the interpreter to switch threads
+
+    interval, threshold = sys.getswitchinterval(), gc.get_threshold()
+    lines = "\n".join(f'search("q {i}", recency_days={i})\nmclick([{i}, {i + 1}])' for i in range(1, 20))
+    failures: list[BaseException] = []
+
+    def parse_many():
+        for _ in range(25):
+            a, b = Finalized(), Finalized()
+            a.other, b.other = b, a  # a cycle: only a collection frees it, running both finalizers
+            del a, b
+            try:
+                parse_browser_commands(lines)
+                assert read_json_arguments("f", "{'q': [[[1]]], 'n': (2,)}")[0] == {"q": [[[1]]], "n": [2]}
+            except BaseException as e:  # noqa: BLE001 - collected and reported below
+                failures.append(e)
+                return
+
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(20)
+    try:
+        threads = [threading.Thread(target=parse_many) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        gc.set_threshold(*threshold)
+    assert not failures, failures[:3]
+
+
 # -- policy -----------------------------------------------------------------------------
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1/", "http://localhost:8080/", "http://10.1.2.3/", "http://192.168.0.1/",
