@@ -279,6 +279,26 @@ def test_letters_split_keeps_known_words_and_spells_every_other_word(tmp_path):
     assert pieces("Lookup") == list("Lookup")  # a known word inside a longer one is not cut out of it
 
 
+def test_whole_words_makes_every_known_word_one_token_and_counts_other_cases(tmp_path):
+    import train
+
+    texts = ["Who are you? help me, thanks. Look up the castle"] * 8 + ["Help with the castle"] * 2
+    assert "Help" not in train.known_words(texts, 8)
+    known = train.known_words(texts, 8, case_fold=True)  # with "help": 10 of 10, itself 2 >= 8 // 4
+    assert "Help" in known and "castle" in known and "Who" in known
+    plain = train.build_tokenizer(texts, vocab_size=300, template=train.official_template(), out=tmp_path / "a",
+                                  split="letters", min_word_count=8)
+    assert any(len(plain.tokenize(w)) > 1 for w in known)  # a small BPE leaves known words in pieces
+    tok = train.build_tokenizer(texts, vocab_size=300, template=train.official_template(), out=tmp_path / "b",
+                                split="letters", min_word_count=8, whole_words=True)
+    for w in known:
+        assert len(tok.encode(w, add_special_tokens=False)) == 1, w
+    pieces = lambda s: [tok.decode([i]) for i in tok.encode(s, add_special_tokens=False)]  # noqa: E731
+    assert pieces("Who helps? Whoever, Help!") == ["Who", " ", "h", "e", "l", "p", "s", "?", " ", "W", "h", "o", "e",
+                                                   "v", "e", "r", ",", " ", "Help", "!"]
+    assert tok.decode(tok.encode("Who are you? Help, thanks.", add_special_tokens=False)) == "Who are you? Help, thanks."
+
+
 def test_trie_pattern_matches_exactly_its_words():
     import regex
     import train

@@ -150,18 +150,28 @@ def _trie_pattern(words: list[str]) -> str:
     return pattern(trie)
 
 
-def known_words(texts: list[str], min_count: int, exclude=data.is_slot_word) -> list[str]:
+def known_words(texts: list[str], min_count: int, exclude=data.is_slot_word, case_fold: bool = False) -> list[str]:
     """The Latin-script words in at least `min_count` of `texts` (document frequency), less those
     `exclude` names: the words of the templates and tools. A made-up word (seen in a handful of
     conversations) or a held-out one is not among them, nor are the copied values of the pools
-    `data.is_slot_word` names, which are spelled in training as they will be in evaluation."""
+    `data.is_slot_word` names, which are spelled in training as they will be in evaluation.
+
+    With `case_fold`, a word counts with its other cases ("Help" with "help"), and is kept when
+    they reach `min_count` together and it alone a quarter of that, enough to train its token."""
     import regex
 
     counts: dict[str, int] = {}
     for t in texts:
         for w in set(regex.findall(LETTER + "+", t)):
             counts[w] = counts.get(w, 0) + 1
-    return sorted(w for w, c in counts.items() if c >= min_count and len(w) > 1 and not exclude(w))
+    folded: dict[str, int] = {}
+    for w, c in counts.items():
+        folded[w.lower()] = folded.get(w.lower(), 0) + c
+    if case_fold:
+        enough = lambda w, c: folded[w.lower()] >= min_count and c >= max(1, min_count // 4)  # noqa: E731
+    else:
+        enough = lambda w, c: c >= min_count  # noqa: E731
+    return sorted(w for w, c in counts.items() if enough(w, c) and len(w) > 1 and not exclude(w))
 
 
 def letters_split(words: list[str]) -> str:
@@ -173,7 +183,7 @@ def letters_split(words: list[str]) -> str:
 
 
 def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Path, kind: str = "bpe",
-                    split: str = "glm4", min_word_count: int = 40):
+                    split: str = "glm4", min_word_count: int = 40, whole_words: bool = False):
     """The demo tokenizer: GLM-4's special tokens (ids 0-13), its chat template, the template's
     constant paragraphs as single tokens, and then either
 
@@ -182,6 +192,11 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
       written many times; or
     - `bpe`: a byte-level BPE of `vocab_size` trained on `texts`, split first by `SPLITS[split]`,
       or for `letters` by `letters_split` of the words in at least `min_word_count` texts.
+
+    `whole_words` (with `letters`): the known words count their other cases too (`known_words`), and
+    every one the BPE left in pieces becomes a token of its own. A 2,048-entry BPE spends its merges
+    on the frequent text (the templates, Chinese bytes, numbers), so without it "Who", "Hi", "Thanks"
+    and 176 other known words are written in letters or pieces, as a made-up word is.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -190,8 +205,9 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
+        words = known_words(texts, min_word_count, case_fold=whole_words) if split == "letters" else []
         if split == "letters":
-            pattern = letters_split(known_words(texts, min_word_count))
+            pattern = letters_split(words)
         else:
             pattern = SPLITS[split] or GLM4_PATTERN
         tok = Tokenizer(models.BPE())
@@ -207,6 +223,10 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected bytes or bpe")
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(p, normalized=False) for p in fixed_prose(template) + list(SCHEMA_PIECES)])
+    if whole_words and kind == "bpe":
+        # Matched only as a whole word (never inside "Whoever" or "get_id"), as the split isolates it.
+        pieces = [w for w in words if len(tok.encode(w, add_special_tokens=False).ids) > 1]
+        tok.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in pieces])
     return _save_tokenizer_files(tok, template, out)
 
 
@@ -736,6 +756,9 @@ def parse_args(argv=None):
     p.add_argument("--min-word-count", type=int, default=40,
                    help="--split letters: a word is kept whole when in at least this many of 80,000 conversations "
                         "(scaled with --samples)")
+    p.add_argument("--whole-words", action=argparse.BooleanOptionalAction, default=False,
+                   help="--split letters: a known word counts its other cases too, and each one is a token of "
+                        "its own, not letters or BPE pieces (see build_tokenizer; default: off, as the shipped run)")
     p.add_argument("--fillers", type=float, default=0.3,
                    help="the share of training requests with a filler word or two before their values "
                         "(before a greeting: at the start)")
@@ -817,7 +840,8 @@ def main(argv=None) -> str:
 
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
     tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer,
-                          split=args.split, min_word_count=max(2, args.min_word_count * args.samples // 80000))
+                          split=args.split, min_word_count=max(2, args.min_word_count * args.samples // 80000),
+                          whole_words=args.whole_words)
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
@@ -878,6 +902,8 @@ def main(argv=None) -> str:
         meta["blind"] = True
     if args.drop_crossing:
         meta["drop_crossing"] = True
+    if args.whole_words:
+        meta["whole_words"] = True
     if args.choice_circuit:  # weights before it have no such key
         meta["choice_circuit"] = True
     if args.choice_weight != 1:  # the shipped weights' training.json predates the option
