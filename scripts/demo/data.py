@@ -910,14 +910,17 @@ WEIGHTS = {"python": 3, "browser": 3, "cogview": 2, "function": 3, "plain": 1, "
 
 
 def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_ends: float = 0.0,
-            fillers: float = 0.0, vary_case: float = 0.0) -> list[Example]:
+            fillers: float = 0.0, vary_case: float = 0.0, drop_word: float = 0.0) -> list[Example]:
     """A shuffled training mixture of all categories.
 
     `vary_ends`: the share of requests whose closing punctuation is changed (`_vary_end`), as people
     type with or without it. `fillers`: the share of requests with a word or two put before their
     values, or before a greeting (`_add_fillers`), so that the model finds the values wherever the
     phrasing puts them and a request's kind whatever comes first. `vary_case`: the share of English
-    requests that start with a small letter ("thanks", "look up ..."), as people type them."""
+    requests that start with a small letter ("thanks", "look up ..."), as people type them.
+    `drop_word`: the share of English plain requests of three words or more that lose one
+    (`_drop_a_word`), so that fewer words have to carry a reply; drawn from its own generator, so
+    that at 0 the mixture is the one without it."""
     weights = weights or WEIGHTS
     total = sum(weights.values())
     out: list[Example] = []
@@ -925,7 +928,12 @@ def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_
         out += generate(c, int(n * weights[c] / total), seed=seed)
     rng = random.Random(seed)
     rng.shuffle(out)
+    drop_rng = random.Random(f"drop/{seed}")
     for ex in out:
+        if drop_word and ex.category == "plain" and ex.lang == "en" and drop_rng.random() < drop_word:
+            shorter = _drop_a_word(ex.messages[1].content, drop_rng)
+            if shorter:
+                ex.messages[1] = Message("user", shorter)
         if vary_ends and rng.random() < vary_ends:
             ex.messages[1] = Message("user", _vary_end(ex.messages[1].content, ex.lang, rng))
         if fillers and rng.random() < fillers:
@@ -939,6 +947,32 @@ def mixture(n: int, *, seed: int, weights: dict[str, float] | None = None, vary_
 
 
 _ENDS = {"en": ("", ".", "!", "?"), "zh": ("", "。", "！", "？", "?", "!")}
+
+
+def _drop_a_word(text: str, rng: random.Random) -> str | None:
+    """The English request `text` without one of its words after the first (which most often says what
+    is asked: "Who are you?" must not become "Are you?"), its closing punctuation kept, or None where
+    fewer than two words would be left or what is left holds a held-out plain phrasing of any reply,
+    at any length ("Thank you so much" never becomes "Thank you")."""
+    words = text.split(" ")
+    if len(words) < 3:
+        return None
+    i = rng.randrange(1, len(words))
+    left = words[:i] + words[i + 1:]
+    if i == len(words) - 1:
+        left[-1] += re.search(r"[.!?]*$", words[i]).group(0)
+    shorter = " ".join(left)
+    near = _near(shorter, "en")
+    if not near or any(_contains(near, held, "en", any_length=True) for held in _plain_held_out_en()):
+        return None
+    return shorter
+
+
+@functools.cache
+def _plain_held_out_en() -> tuple[str, ...]:
+    """The `_near` forms of the English held-out plain phrasings, every reply's."""
+    pools = _held_out_pools("en")
+    return tuple(dict.fromkeys(_near(x, "en") for k in PLAIN_KINDS for x in pools[k][1::2]))
 
 
 def _vary_end(text: str, lang: str, rng: random.Random) -> str:

@@ -786,6 +786,9 @@ def parse_args(argv=None):
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--vary-case", type=float, default=0.25,
                    help="the share of English training requests that start with a small letter")
+    p.add_argument("--drop-word", type=float, default=0.0,
+                   help="the share of English plain training requests of three words or more that lose one "
+                        "(never to a held-out phrasing; see data._drop_a_word; default: 0, as the shipped run)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="matrix products in bfloat16 (autocast; the weights stay float32): 1.6x faster here")
     p.add_argument("--tokenizer", choices=["bytes", "bpe"], default="bpe",
@@ -834,7 +837,7 @@ def main(argv=None) -> str:
     weights = data.WEIGHTS | {"plain": args.plain_weight}
     with data.crossing_filter(args.drop_crossing), data.blind_pools(args.blind):
         examples = data.mixture(args.samples, seed=args.seed, weights=weights, vary_ends=args.vary_ends,
-                                fillers=args.fillers, vary_case=args.vary_case)
+                                fillers=args.fillers, vary_case=args.vary_case, drop_word=args.drop_word)
     bare = _bare_tokenizer(template)
     from glm_runtime.chat_format import render
 
@@ -904,6 +907,8 @@ def main(argv=None) -> str:
         meta["drop_crossing"] = True
     if args.whole_words:
         meta["whole_words"] = True
+    if args.drop_word:
+        meta["drop_word"] = args.drop_word
     if args.choice_circuit:  # weights before it have no such key
         meta["choice_circuit"] = True
     if args.choice_weight != 1:  # the shipped weights' training.json predates the option
