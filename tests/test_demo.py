@@ -60,6 +60,26 @@ def test_encode_targets_only_the_assistant_and_its_stop_token():
     assert labels[-1] == stop["<|user|>"] and trained.count("<|observation|>") == 1
 
 
+def test_dropping_a_word_keeps_the_first_and_never_makes_a_held_out_phrasing():
+    import random
+
+    assert data._drop_a_word("Catch ya", random.Random(0)) is None  # fewer than two words would be left
+    assert {data._drop_a_word("See you tomorrow!", random.Random(i)) for i in range(20)} == {"See tomorrow!", "See you!"}
+    # "Thank you much" would hold the held-out "Thank you." (any length counts)
+    assert {data._drop_a_word("Thank you so much", random.Random(i)) for i in range(20)} == {None, "Thank so much"}
+    held = data._plain_held_out_en()
+    assert "thank you" in held and "help" in held
+    base = data.mixture(3000, seed=3, vary_ends=0.25, fillers=0.3)
+    assert [e.messages for e in data.mixture(3000, seed=3, vary_ends=0.25, fillers=0.3, drop_word=0.0)] == \
+        [e.messages for e in base]
+    dropped = data.mixture(3000, seed=3, vary_ends=0.25, fillers=0.3, drop_word=1.0)
+    changed = [(a, b) for a, b in zip(base, dropped) if a.messages != b.messages]
+    assert len(changed) > 20 and all(a.category == "plain" and a.lang == "en" for a, _ in changed)
+    for _, b in changed:
+        near = data._near(b.messages[1].content, "en")
+        assert not any(data._contains(near, h, "en", any_length=True) for h in held), near
+
+
 def test_fillers_go_before_the_values_and_keep_them():
     import random
 
