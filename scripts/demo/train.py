@@ -164,14 +164,12 @@ def known_words(texts: list[str], min_count: int, exclude=data.is_slot_word, cas
     for t in texts:
         for w in set(regex.findall(LETTER + "+", t)):
             counts[w] = counts.get(w, 0) + 1
-    folded: dict[str, int] = {}
-    for w, c in counts.items():
-        folded[w.lower()] = folded.get(w.lower(), 0) + c
-    if case_fold:
-        enough = lambda w, c: folded[w.lower()] >= min_count and c >= max(1, min_count // 4)  # noqa: E731
-    else:
-        enough = lambda w, c: c >= min_count  # noqa: E731
-    return sorted(w for w, c in counts.items() if enough(w, c) and len(w) > 1 and not exclude(w))
+    if case_fold:  # each word that reaches a quarter alone counts with its other cases
+        folded: dict[str, int] = {}
+        for w, c in counts.items():
+            folded[w.lower()] = folded.get(w.lower(), 0) + c
+        counts = {w: folded[w.lower()] for w, c in counts.items() if c >= max(1, min_count // 4)}
+    return sorted(w for w, c in counts.items() if c >= min_count and len(w) > 1 and not exclude(w))
 
 
 def letters_split(words: list[str]) -> str:
@@ -205,8 +203,9 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
-        words = known_words(texts, min_word_count, case_fold=whole_words) if split == "letters" else []
+        words: list[str] = []
         if split == "letters":
+            words = known_words(texts, min_word_count, case_fold=whole_words)
             pattern = letters_split(words)
         else:
             pattern = SPLITS[split] or GLM4_PATTERN
