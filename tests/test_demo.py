@@ -595,7 +595,7 @@ def _bag_reads(model, tok, messages, tools) -> tuple[list[float], float, float]:
 @pytest.mark.engine
 def test_bag_circuit_reads_the_latest_request_and_its_script_before_any_training():
     """Untrained, the bag head at `<|assistant|>` puts its attention on the request's tokens in
-    every category (measured: 91% at the least, 98% on average; without the circuit the head
+    every category (measured: 93% at the least, 99% on average; without the circuit the head
     spreads over the prompt) and on the latest request of a conversation whose earlier reply is
     long (after a reply of three tokens it splits about evenly between the two requests: the
     nearest-role head cannot tell a role two tokens back from one five back; the demo trains on

@@ -910,7 +910,8 @@ def parse_args(argv=None):
                         "parameter the request names (see choice_circuit; needs the copy circuit; default: on)")
     p.add_argument("--bag-circuit", action=argparse.BooleanOptionalAction, default=False,
                    help="start with a head that reads the latest user turn as a bag of its tokens (see bag_circuit; "
-                        "needs the choice circuit; default: off, as the shipped run)")
+                        "needs the choice circuit; default: off, as the shipped run: one full run with it was worse, "
+                        "see MODEL_CARD.md)")
     p.add_argument("--circuit-lr", type=float, default=0.25,
                    help="learning-rate factor of the attention layers that hold the copy circuit")
     p.add_argument("--copy-ngram", type=int, choices=[1, 2, 3], default=3,
