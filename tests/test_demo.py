@@ -576,6 +576,7 @@ def _bag_reads(model, tok, messages, tools) -> tuple[list[float], float, float]:
     """At the generation prompt's `<|assistant|>`: the layer-2 bag head's attention on each user
     turn's tokens (oldest first), and the script shares (L, C) it writes, as layer 3 reads them."""
     import torch
+    import train
 
     from glm_runtime.chat_format import render
 
@@ -587,9 +588,8 @@ def _bag_reads(model, tok, messages, tools) -> tuple[list[float], float, float]:
     roles = {tok.convert_tokens_to_ids(t) for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")}
     starts = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("<|user|>")]
     turns = [float(weights[s + 1: next(j for j in range(s + 1, len(ids)) if ids[j] in roles)].sum()) for s in starts]
-    nv, npar = (len(w) for w in data.function_words())
-    base = model.config.hidden_size * 3 // 4 - (2 * npar + 2 * nv + 2)
-    return turns, float(normed[base - 4]), float(normed[base - 3])
+    at = train.bag_dims(model, *data.function_words())
+    return turns, float(normed[at["L"]]), float(normed[at["C"]])
 
 
 @pytest.mark.engine

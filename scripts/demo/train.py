@@ -417,6 +417,42 @@ def copy_circuit(model, *, seed: int = 0, match: float = 10.0, gain: float = 0.0
     return [f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
 
 
+def _fixed_masks():
+    """What a built-in circuit keeps: per parameter name, a mask of the entries that stay as built,
+    and the function that marks them (`keep(name, param, index)`)."""
+    import torch
+
+    fixed: dict[str, Any] = {}
+
+    def keep(name: str, param, index) -> None:
+        mask = fixed.setdefault(name, torch.zeros_like(param, dtype=torch.bool))
+        mask[index] = True
+
+    return fixed, keep
+
+
+def _reserve(model, dims: slice, keep) -> None:
+    """Make the residual dimensions `dims` a circuit's own: zero and kept in the embeddings and in
+    every attention output and MLP projection (so only the circuit writes them), and not read by
+    layers 0-1, the copy circuit's (from the start; training may). Call under `torch.no_grad()`."""
+    emb = model.model.embed_tokens.weight
+    emb[:, dims] = 0.0
+    keep("model.embed_tokens.weight", emb, (slice(None), dims))
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.o_proj.weight[dims] = 0.0
+        layer.mlp.down_proj.weight[dims] = 0.0
+        keep(f"model.layers.{i}.self_attn.o_proj.weight", layer.self_attn.o_proj.weight, dims)
+        keep(f"model.layers.{i}.mlp.down_proj.weight", layer.mlp.down_proj.weight, dims)
+        if i < 2:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.weight[:, dims] = 0.0
+
+
+def _choice_base(cfg, verbs: list[str], params: list[str]) -> int:
+    """The first residual dimension of the choice circuit's codes (they end where the token subspace does)."""
+    return cfg.hidden_size - cfg.hidden_size // 4 - (2 * len(params) + 2 * len(verbs) + 2)
+
+
 def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[tuple[str, Any]]:
     """Start the model able to choose between declared user functions; returns what stays fixed.
 
@@ -480,18 +516,14 @@ def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[t
         raise ValueError("the choice circuit needs distinct verbs and parameter words")
     roles = [tok.convert_tokens_to_ids(t) for t in ("<|user|>", "<|assistant|>", "<|observation|>")]
     nv, npar = len(verb_ids), len(param_ids)
-    base = dt - (2 * npar + 2 * nv + 2)
+    base = _choice_base(cfg, verbs, params)
     Pc, Vc = slice(base, base + npar), slice(base + npar, base + npar + nv)
     Zf, Af = Vc.stop, Vc.stop + 1
     R, S = slice(Af + 1, Af + 1 + nv), slice(Af + 1 + nv, dt)
     codes = slice(base, dt)
     emb, layers = model.model.embed_tokens.weight, model.model.layers
     a0, a2, a3 = layers[0].self_attn, layers[2].self_attn, layers[3].self_attn
-    fixed: dict[str, Any] = {}
-
-    def keep(name: str, param, index) -> None:
-        mask = fixed.setdefault(name, torch.zeros_like(param, dtype=torch.bool))
-        mask[index] = True
+    fixed, keep = _fixed_masks()
 
     def head(layer: int, qh: int, kvh: int) -> tuple[int, int]:
         """Clear (and keep) query head `qh` and key/value head `kvh` of `layer`: their first rows (the
@@ -508,16 +540,7 @@ def choice_circuit(model, tok, *, verbs: list[str], params: list[str]) -> list[t
     # Magnitudes are set for the normalized residual each layer reads: an embedding code reads
     # about 11 at layer 0 and about 2 at layers 2-3, where the copy circuit's outputs have joined it.
     with torch.no_grad():
-        emb[:, codes] = 0.0
-        keep("model.embed_tokens.weight", emb, (slice(None), codes))
-        for i, layer in enumerate(layers):  # only the circuit writes the code dimensions
-            layer.self_attn.o_proj.weight[codes] = 0.0
-            layer.mlp.down_proj.weight[codes] = 0.0
-            keep(f"model.layers.{i}.self_attn.o_proj.weight", layer.self_attn.o_proj.weight, codes)
-            keep(f"model.layers.{i}.mlp.down_proj.weight", layer.mlp.down_proj.weight, codes)
-            if i < 2:  # nor does the copy circuit read them (from the start; training may)
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                    proj.weight[:, codes] = 0.0
+        _reserve(model, codes, keep)
         m = float(emb[:, :base].norm(dim=1).mean())
         for j, t in enumerate(param_ids):
             emb[t, Pc.start + j] = m
@@ -595,15 +618,13 @@ def bag_circuit(model, tok, *, verbs: list[str], params: list[str], turn: float 
     import torch
 
     cfg = model.config
-    d, hd = cfg.hidden_size, cfg.head_dim
-    dt = d - d // 4
+    hd = cfg.head_dim
     if cfg.num_hidden_layers < 4 or cfg.num_key_value_heads < 4 or cfg.num_attention_heads // cfg.num_key_value_heads < 2:
         raise ValueError("the bag circuit needs 4+ layers, 4+ key/value heads and 2+ query heads per key/value head")
-    nv, npar = len(verbs), len(params)
-    base = dt - (2 * npar + 2 * nv + 2)  # where the choice circuit's codes start
-    Lf, Cf, L, C, Uf, U = range(base - 6, base)
-    Zf = base + npar + nv  # the choice circuit's role flag
-    flags = slice(base - 6, base)
+    nv = len(verbs)
+    at = bag_dims(model, verbs, params)
+    Lf, Cf, L, C, Uf, U, Zf = (at[k] for k in ("Lf", "Cf", "L", "C", "Uf", "U", "Zf"))
+    flags = slice(Lf, U + 1)
     user = tok.convert_tokens_to_ids("<|user|>")
     added = set(tok.get_added_vocab().values())
     texts = {i: tok.decode([i]) for i in range(len(tok)) if i not in added}
@@ -611,24 +632,11 @@ def bag_circuit(model, tok, *, verbs: list[str], params: list[str], turn: float 
     cjk = [i for i, t in texts.items() if any(ord(ch) > 127 for ch in t)]
     emb, layers = model.model.embed_tokens.weight, model.model.layers
     a0, a2 = layers[0].self_attn, layers[2].self_attn
-    fixed: dict[str, Any] = {}
-
-    def keep(name: str, param, index) -> None:
-        mask = fixed.setdefault(name, torch.zeros_like(param, dtype=torch.bool))
-        mask[index] = True
+    fixed, keep = _fixed_masks()
 
     with torch.no_grad():
-        emb[:, flags] = 0.0
-        keep("model.embed_tokens.weight", emb, (slice(None), flags))
-        for i, layer in enumerate(layers):
-            layer.self_attn.o_proj.weight[flags] = 0.0
-            layer.mlp.down_proj.weight[flags] = 0.0
-            keep(f"model.layers.{i}.self_attn.o_proj.weight", layer.self_attn.o_proj.weight, flags)
-            keep(f"model.layers.{i}.mlp.down_proj.weight", layer.mlp.down_proj.weight, flags)
-            if i < 2:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                    proj.weight[:, flags] = 0.0
-        m = float(emb[:, :base - 6].norm(dim=1).mean())
+        _reserve(model, flags, keep)
+        m = float(emb[:, :Lf].norm(dim=1).mean())
         emb[user, Uf] = m
         emb[latin, Lf] = m
         emb[cjk, Cf] = m
@@ -642,7 +650,7 @@ def bag_circuit(model, tok, *, verbs: list[str], params: list[str], turn: float 
         keep("model.layers.0.self_attn.o_proj.weight", a0.o_proj.weight, (slice(None), q0 + nv))
         keep("model.layers.0.input_layernorm.weight", layers[0].input_layernorm.weight, flags)
         # layer 2, query head 6 / key/value head 3: every position looks at the latest user turn
-        q, kv = slice(6 * hd, 7 * hd), slice(3 * hd, 4 * hd)
+        q, kv = slice(at["script"], at["script"] + hd), slice(3 * hd, 4 * hd)
         for proj, rows in (("q_proj", q), ("k_proj", kv)):
             for kind in ("weight", "bias"):
                 getattr(getattr(a2, proj), kind)[rows] = 0.0
@@ -664,15 +672,18 @@ def bag_circuit(model, tok, *, verbs: list[str], params: list[str], turn: float 
         a2.q_proj.bias[q0 + 8] = turn
         a2.k_proj.bias[k0 + 4] = 1.0  # RoPE pair 2 (0.01 rad per position): nearer scores higher
         a2.q_proj.bias[q0 + 4] = recency
-        fixed["model.layers.2.self_attn.q_proj.bias"][q0 + 8] = False  # set by calibrate_bag
+        fixed["model.layers.2.self_attn.q_proj.bias"][at["query"]] = False  # set by calibrate_bag
     return sorted(fixed.items())
 
 
 def bag_dims(model, verbs: list[str], params: list[str]) -> dict[str, int]:
-    """Where `bag_circuit` put the turn flag (U) and the bag head's turn query (a q_proj.bias index)."""
+    """Where `bag_circuit` puts things: its six residual dimensions (Lf, Cf, L, C, Uf, U, right below
+    the choice codes), the choice circuit's role flag it reads (Zf), and in layer 2's q_proj the
+    bag head's first row (script) and its turn query (query, a bias index)."""
     cfg = model.config
-    base = cfg.hidden_size - cfg.hidden_size // 4 - (2 * len(params) + 2 * len(verbs) + 2)
-    return {"U": base - 1, "query": 6 * cfg.head_dim + 8}
+    base = _choice_base(cfg, verbs, params)
+    at = dict(zip(("Lf", "Cf", "L", "C", "Uf", "U"), range(base - 6, base)))
+    return at | {"Zf": base + len(params) + len(verbs), "script": 6 * cfg.head_dim, "query": 6 * cfg.head_dim + 8}
 
 
 def bag_probes(encoded, assistant: int, user: int, count: int = 48) -> list[tuple[list[int], int, int]]:
