@@ -319,6 +319,38 @@ def test_whole_words_makes_every_known_word_one_token_and_counts_other_cases(tmp
     assert tok.decode(tok.encode("Who are you? Help, thanks.", add_special_tokens=False)) == "Who are you? Help, thanks."
 
 
+def _token_bytes(token: str) -> bytes:
+    """The bytes of a byte-level BPE token (GPT-2's byte-to-character table, which tokenizers uses)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = printable + [256 + k for k in range(256 - len(printable))]
+    table = dict(zip(map(chr, chars), [*printable, *(b for b in range(256) if b not in printable)]))
+    return bytes(table[c] for c in token)
+
+
+def test_skip_prose_learns_no_token_from_the_template_prose_alone(tmp_path):
+    import train
+    from glm_runtime.chat_format import render
+
+    examples = data.mixture(400, seed=4)
+    template = train.official_template()
+    bare = train._bare_tokenizer(template)
+    texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
+    prose = train.fixed_prose(template) + list(train.SCHEMA_PIECES)
+    outside = "\n".join(train._without(t, prose) for t in texts).encode()
+    assert all(p not in train._without(texts[0], prose) for p in prose)
+
+    def prose_only(skip: bool) -> list[str]:
+        tok = train.build_tokenizer(texts, vocab_size=900, template=template, out=tmp_path / str(skip),
+                                    split="letters", min_word_count=3, skip_prose=skip)
+        added = set(tok.get_added_vocab())
+        merged = [t for t in tok.get_vocab() if t not in added and len(_token_bytes(t)) > 1]  # not the 256 bytes
+        return [t for t in merged if _token_bytes(t) not in outside]
+
+    learned_from_prose = prose_only(False)
+    assert len(learned_from_prose) > 20  # pieces of the prose that no encoded text holds
+    assert prose_only(True) == []
+
+
 def test_trie_pattern_matches_exactly_its_words():
     import regex
     import train

@@ -181,7 +181,8 @@ def letters_split(words: list[str]) -> str:
 
 
 def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Path, kind: str = "bpe",
-                    split: str = "glm4", min_word_count: int = 40, whole_words: bool = False):
+                    split: str = "glm4", min_word_count: int = 40, whole_words: bool = False,
+                    skip_prose: bool = False):
     """The demo tokenizer: GLM-4's special tokens (ids 0-13), its chat template, the template's
     constant paragraphs as single tokens, and then either
 
@@ -195,11 +196,18 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     every one the BPE left in pieces becomes a token of its own. A 2,048-entry BPE spends its merges
     on the frequent text (the templates, Chinese bytes, numbers), so without it "Who", "Hi", "Thanks"
     and 205 other known words of the shipped run are written in letters or pieces, as a made-up word is.
+
+    `skip_prose`: the BPE (and `known_words`) learn from the texts without the template's constant
+    paragraphs, which become single tokens. Learned from them, a third of the vocabulary was pieces
+    of the prose that no encoded text ever holds, so their embeddings never trained, yet the Chinese
+    cogview prose's 物 is such a token, and a held-out topic (植物) is spelled with it.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from glm_runtime.tokenizer import GLM4_PATTERN
 
+    if skip_prose:
+        texts = [_without(t, fixed_prose(template) + list(SCHEMA_PIECES)) for t in texts]
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
@@ -227,6 +235,13 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
         pieces = [w for w in words if len(tok.encode(w, add_special_tokens=False).ids) > 1]
         tok.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in pieces])
     return _save_tokenizer_files(tok, template, out)
+
+
+def _without(text: str, pieces: list[str]) -> str:
+    """`text` with each of `pieces` cut out (longest first), a newline in its place."""
+    for p in sorted(pieces, key=len, reverse=True):
+        text = text.replace(p, "\n")
+    return text
 
 
 _ENCODING: tuple = ()  # (examples, tokenizer, stop ids), shared with forked workers by `encode_all`
@@ -960,6 +975,9 @@ def parse_args(argv=None):
                    help="leave out every training phrasing that holds a held-out phrasing of another reply, at any "
                         "length and in either language (data.crossing_filter; one run with it was no better, see "
                         "MODEL_CARD.md)")
+    p.add_argument("--skip-prose", action=argparse.BooleanOptionalAction, default=False,
+                   help="learn the BPE without the template's constant paragraphs (single tokens anyway), so no "
+                        "token is a piece of them that training never shows (build_tokenizer)")
     p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--vary-case", type=float, default=0.25,
@@ -1022,7 +1040,7 @@ def main(argv=None) -> str:
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
     tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer,
                           split=args.split, min_word_count=max(2, args.min_word_count * args.samples // 80000),
-                          whole_words=args.whole_words)
+                          whole_words=args.whole_words, skip_prose=args.skip_prose)
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
@@ -1096,6 +1114,8 @@ def main(argv=None) -> str:
         meta["blind"] = True
     if args.drop_crossing:
         meta["drop_crossing"] = True
+    if args.skip_prose:
+        meta["skip_prose"] = True
     if args.whole_words:
         meta["whole_words"] = True
     if args.drop_word:
