@@ -198,9 +198,10 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     and 205 other known words of the shipped run are written in letters or pieces, as a made-up word is.
 
     `skip_prose`: the BPE (and `known_words`) learn from the texts without the template's constant
-    paragraphs, which become single tokens. Learned from them, a third of the vocabulary was pieces
-    of the prose that no encoded text ever holds, so their embeddings never trained, yet the Chinese
-    cogview prose's 物 is such a token, and a held-out topic (植物) is spelled with it.
+    paragraphs, which become single tokens. Learned from them, 108 of the shipped run's 2,064
+    tokens are pieces of the prose that no encoded text holds, so their embeddings never train as
+    inputs: 物 (from the cogview prose's 人物) is one, and the held-out topic 植物 is spelled with it;
+    展 and 择, which the shipped weights write in its place, are two more.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -975,9 +976,10 @@ def parse_args(argv=None):
                    help="leave out every training phrasing that holds a held-out phrasing of another reply, at any "
                         "length and in either language (data.crossing_filter; one run with it was no better, see "
                         "MODEL_CARD.md)")
-    p.add_argument("--skip-prose", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--skip-prose", action=argparse.BooleanOptionalAction, default=True,
                    help="learn the BPE without the template's constant paragraphs (single tokens anyway), so no "
-                        "token is a piece of them that training never shows (build_tokenizer)")
+                        "token is a piece of them that training never shows (build_tokenizer); --no-skip-prose: "
+                        "the tokenizer of the previous weights, sha256 000003c3...")
     p.add_argument("--vary-ends", type=float, default=0.25,
                    help="the share of training requests whose closing punctuation is dropped or changed")
     p.add_argument("--vary-case", type=float, default=0.25,
