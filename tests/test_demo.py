@@ -825,15 +825,14 @@ def _held_out(category: str, n: int = 2) -> list[data.Example]:
     return data.generate(category, n, seed=7, split="eval")  # one English, one Chinese
 
 
-# The shipped weights meet the 90% task-success bar in four categories of six (see MODEL_CARD.md:
-# python 95.0%, browser 89.5%, cogview 100%, function 98.5%, plain 80.0%, error 96.5% of 200
+# The shipped weights meet the 90% task-success bar in five categories of six (see MODEL_CARD.md:
+# python 93.0%, browser 93.0%, cogview 100%, function 97.5%, plain 83.0%, error 96.0% of 200
 # held-out conversations each, tool names constrained as glm-agent does by default). The tests below
 # run two held-out conversations per category (one English, one Chinese; for function and plain one
-# test each, for browser and error too). One fails with these weights and is marked xfail, strict:
-# the Chinese search ("搜一搜数字卫星": 数字 miscopied), in browser, below the bar. Once better weights
-# pass it, the run fails with XPASS, so the marker cannot outlive the problem.
-BELOW_BAR = pytest.mark.xfail(reason="the shipped demo weights are below the task-success bar; see MODEL_CARD.md",
-                              strict=True)
+# test each, for browser and error too), and all pass. The Chinese search ("搜一搜数字卫星") was
+# marked xfail (strict) on the previous weights, which miscopied 数字; these pass it. The plain ones
+# ("Great, thank you!", "拜拜") are among the held-out greetings these weights always get right; those
+# they never or seldom do ("Help", "Goodbye!", "Hello", "在吗", "What are you?") are in the model card.
 
 
 @pytest.mark.slow
@@ -860,7 +859,7 @@ def test_demo_model_computes_with_the_sandboxed_python_tool(harness):
 @pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.browser
-@pytest.mark.parametrize("lang", ["en", pytest.param("zh", marks=BELOW_BAR)])
+@pytest.mark.parametrize("lang", ["en", "zh"])
 def test_demo_model_searches_opens_and_cites(harness, lang):
     ex = next(e for e in _held_out("browser") if e.lang == lang)
     assert harness(ex)["ok"]

@@ -198,10 +198,11 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     and 205 other known words of the shipped run are written in letters or pieces, as a made-up word is.
 
     `skip_prose`: the BPE (and `known_words`) learn from the texts without the template's constant
-    paragraphs, which become single tokens. Learned from them, 108 of the shipped run's 2,064
-    tokens are pieces of the prose that no encoded text holds, so their embeddings never train as
-    inputs: 物 (from the cogview prose's 人物) is one, and the held-out topic 植物 is spelled with it;
-    展 and 择, which the shipped weights write in its place, are two more.
+    paragraphs, which become single tokens (on by default since the weights sha256 e4cf6ea9...).
+    Learned with them, 108 of the previous weights' 2,064 tokens were pieces of the prose that no
+    encoded text holds, so their embeddings never trained as inputs: 物 (from the cogview prose's
+    人物) is one, and the held-out topic 植物 is spelled with it; 展 and 择, which those weights
+    wrote in its place, are two more.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
