@@ -335,7 +335,7 @@ def test_skip_prose_learns_no_token_from_the_template_prose_alone(tmp_path):
     template = train.official_template()
     bare = train._bare_tokenizer(template)
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
-    prose = train.fixed_prose(template) + list(train.SCHEMA_PIECES)
+    prose = train.added_pieces(template)
     outside = "\n".join(train._without(t, prose) for t in texts).encode()
     assert all(p not in train._without(texts[0], prose) for p in prose)
 

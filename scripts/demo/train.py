@@ -87,6 +87,12 @@ def fixed_prose(template: str) -> list[str]:
     return pieces
 
 
+def added_pieces(template: str) -> list[str]:
+    """The constant texts that become single added tokens: the template's prose and a function
+    schema's constant parts."""
+    return fixed_prose(template) + list(SCHEMA_PIECES)
+
+
 def _save_tokenizer_files(tok, template: str, out: Path):
     from transformers import PreTrainedTokenizerFast
 
@@ -208,8 +214,9 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
 
     from glm_runtime.tokenizer import GLM4_PATTERN
 
+    pieces = added_pieces(template)
     if skip_prose:
-        texts = [_without(t, fixed_prose(template) + list(SCHEMA_PIECES)) for t in texts]
+        texts = [_without(t, pieces) for t in texts]
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
@@ -231,7 +238,7 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected bytes or bpe")
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIAL_TOKENS])
-    tok.add_tokens([AddedToken(p, normalized=False) for p in fixed_prose(template) + list(SCHEMA_PIECES)])
+    tok.add_tokens([AddedToken(p, normalized=False) for p in pieces])
     if whole_words and kind == "bpe":
         # Matched only as a whole word (never inside "Whoever" or "get_id"), as the split isolates it.
         pieces = [w for w in words if len(tok.encode(w, add_special_tokens=False).ids) > 1]
