@@ -214,9 +214,9 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
 
     from glm_runtime.tokenizer import GLM4_PATTERN
 
-    pieces = added_pieces(template)
+    added = added_pieces(template)
     if skip_prose:
-        texts = [_without(t, pieces) for t in texts]
+        texts = [_without(t, added) for t in texts]
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
@@ -238,7 +238,7 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected bytes or bpe")
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIAL_TOKENS])
-    tok.add_tokens([AddedToken(p, normalized=False) for p in pieces])
+    tok.add_tokens([AddedToken(p, normalized=False) for p in added])
     if whole_words and kind == "bpe":
         # Matched only as a whole word (never inside "Whoever" or "get_id"), as the split isolates it.
         pieces = [w for w in words if len(tok.encode(w, add_special_tokens=False).ids) > 1]
