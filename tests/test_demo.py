@@ -658,11 +658,65 @@ def test_bag_circuit_reads_the_latest_request_and_its_script_before_any_training
 @pytest.mark.slow
 @pytest.mark.engine
 def test_training_twice_gives_the_same_weights(tmp_path):
+    import torch
+
     first, second = _train(tmp_path / "a"), _train(tmp_path / "b")
     assert first == second
+    cpu = json.loads((tmp_path / "a" / "training.json").read_text())["cpu"]  # what a rerun must match
+    assert cpu["torch_capability"] == torch.backends.cpu.get_cpu_capability() and "bf16_isa" in cpu
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
     assert _train(tmp_path / "c", *TINY, "--seed", "1") != first
+
+
+def test_weight_average_is_the_running_average_and_gives_the_live_weights_back():
+    import torch
+
+    import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    start = [p.detach().clone() for p in model.parameters()]
+    avg = train.WeightAverage(model, 0.9)
+    steps = []
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        steps.append([p.detach().clone() for p in model.parameters()])
+        avg.update(model)
+    live = [p.detach().clone() for p in model.parameters()]
+    with avg.applied(model):
+        for p, s0, (a, b, c) in zip(model.parameters(), start, zip(*steps)):
+            want = ((s0 * 0.9 + a * 0.1) * 0.9 + b * 0.1) * 0.9 + c * 0.1
+            assert torch.allclose(p, want) and not torch.equal(p, c)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), live))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        train.WeightAverage(model, 1.0)
+    model = torch.nn.Linear(64, 64)
+    weight = model.weight.detach().clone()
+    avg = train.WeightAverage(model, 0.995)
+    for _ in range(2000):
+        avg.update(model)  # weights kept as built: their average is them up to float32 rounding
+    with avg.applied(model):
+        assert torch.allclose(model.weight, weight, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+def test_training_with_a_weight_average_saves_it_and_trains_as_without(tmp_path):
+    """`--ema` saves the average (other weights than the run without it), records it, reproduces,
+    and leaves the training itself alone: the same loss at every logged step."""
+    def losses(log: Path) -> list[str]:  # "step 10/12 loss 5.1234 avg 5.4321"
+        return [line.split(" lr ")[0].split(" ", 1)[1] for line in log.read_text().splitlines() if " loss " in line]
+
+    steps = ["--steps", "12"]
+    plain = _train(tmp_path / "a", *TINY, *steps, "--log", str(tmp_path / "a.log"))
+    first = _train(tmp_path / "b", *TINY, *steps, "--ema", "0.5", "--log", str(tmp_path / "b.log"))
+    assert first != plain and _train(tmp_path / "c", *TINY, *steps, "--ema", "0.5") == first
+    assert losses(tmp_path / "a.log") == losses(tmp_path / "b.log") and len(losses(tmp_path / "a.log")) == 2
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["ema"] == 0.5
+    assert "ema" not in json.loads((tmp_path / "a" / "training.json").read_text())
 
 
 @pytest.mark.engine
@@ -679,7 +733,8 @@ def test_training_says_when_the_model_cannot_hold_the_choice_circuit(tmp_path):
 @pytest.mark.engine
 def test_training_keeps_the_choice_circuit_as_built_and_reproduces(tmp_path):
     """What the choice circuit reads and writes stays as built through training (train.py restores
-    it after every step); everything else trains; and such a run reproduces too."""
+    it after every step); everything else trains; and such a run reproduces too. (With `--ema`
+    the saved average holds the kept weights up to float32 rounding: the weight-average test.)"""
     import torch
     from safetensors.torch import load_file
     from transformers import GlmConfig, GlmForCausalLM
@@ -687,8 +742,8 @@ def test_training_keeps_the_choice_circuit_as_built_and_reproduces(tmp_path):
     import train
     from glm_runtime.tokenizer import load_tokenizer
 
-    digest = _train(tmp_path / "a", *SMALL_CHOICE)
-    assert _train(tmp_path / "b", *SMALL_CHOICE) == digest
+    digest = _train(tmp_path / "a", *SMALL_CHOICE, "--ema", "0")
+    assert _train(tmp_path / "b", *SMALL_CHOICE, "--ema", "0") == digest
     trained = load_file(str(tmp_path / "a" / "model.safetensors"))
     tok = load_tokenizer(tmp_path / "a")
     torch.manual_seed(0)  # as train.py builds it
