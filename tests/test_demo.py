@@ -719,6 +719,13 @@ def test_training_with_a_weight_average_saves_it_and_trains_as_without(tmp_path)
     assert "ema" not in json.loads((tmp_path / "a" / "training.json").read_text())
 
 
+def test_training_refuses_a_decay_that_is_no_average(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo" / "train.py"), "--out", str(tmp_path), *TINY, "--ema", "1.5"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode != 0 and "--ema is a decay between 0 and 1" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "model.safetensors").exists()
+
+
 @pytest.mark.engine
 def test_training_says_when_the_model_cannot_hold_the_choice_circuit(tmp_path):
     tiny = [a for a in TINY if a != "--no-choice-circuit"]

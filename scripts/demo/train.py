@@ -1098,6 +1098,9 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     if args.choice_weight != 1 and not args.fast_loss:
         raise SystemExit("--choice-weight needs --fast-loss")
+    if not 0 <= args.ema < 1:
+        raise SystemExit(f"--ema is a decay between 0 and 1 (0.995 averages about the last 200 steps; 0: off), "
+                         f"not {args.ema}")
     import torch
     from transformers import GlmConfig, GlmForCausalLM
 
