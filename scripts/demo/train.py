@@ -1214,9 +1214,9 @@ def main(argv=None) -> str:
         meta["bag_circuit"] = True
     if args.choice_weight != 1:  # the shipped weights' training.json predates the option
         meta["choice_weight"] = args.choice_weight
-    choices = [choice_positions(i, l, stop["<|assistant|>"]) for i, l in encoded] if args.choice_weight != 1 else None
     if args.ema:
         meta["ema"] = args.ema
+    choices = [choice_positions(i, l, stop["<|assistant|>"]) for i, l in encoded] if args.choice_weight != 1 else None
     average = WeightAverage(model, args.ema) if args.ema else None
 
     def saved_weights():
