@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["GLM4_PATTERN", "GLM4_SPECIAL_TOKENS", "TokenizerError", "default_cache_dir", "load_tokenizer"]
+__all__ = ["CASE_MARK", "GLM4_PATTERN", "GLM4_SPECIAL_TOKENS", "TokenizerError", "default_cache_dir", "load_tokenizer",
+           "unfinished"]
 
 # The split pattern of GLM-4's tiktoken encoding (the `cl100k_base` pattern).
 GLM4_PATTERN = (
@@ -39,6 +40,19 @@ GLM4_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
     "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
 )
+
+# A tokenizer may write a capital letter as this mark before the small letter ("Help" as
+# "\ue000help"): its normalizer adds the mark and its decoder takes it away, so "Help" and "help" are
+# the same word to the model (the demo model's tokenizer, `scripts/demo/train.py --case-mark`).
+# A private-use character: no text a user writes is expected to hold it.
+CASE_MARK = "\ue000"
+
+
+def unfinished(text: str) -> bool:
+    """Whether decoded text ends part-way through a character: half of a multi-byte character
+    (decoded as U+FFFD) or a case mark whose letter is still to come. A streaming printer holds
+    such text back until the next token."""
+    return text.endswith(("\ufffd", CASE_MARK))
 
 
 def default_cache_dir() -> Path:

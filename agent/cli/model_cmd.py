@@ -161,8 +161,10 @@ def generate(
 
 
 def _print_delta(text: str, printed: str, *, final: bool = False) -> str:
-    # Hold back a trailing replacement character: the next token may complete a multi-byte character.
-    if not final and text.endswith("\ufffd"):
+    from glm_runtime.tokenizer import unfinished
+
+    # Hold back half a character: the next token may complete a multi-byte character or a case mark.
+    if not final and unfinished(text):
         return printed
     if text.startswith(printed):
         sys.stdout.write(text[len(printed):])

@@ -99,6 +99,7 @@ class LocalBackend:
         from glm_runtime.chat_format import TextDelta as ParsedText
         from glm_runtime.chat_format import render_ids
         from glm_runtime.engine import SamplingParams
+        from glm_runtime.tokenizer import unfinished
 
         t0 = time.perf_counter()
         ids = render_ids(messages, tools, self.tokenizer, fmt=self.fmt, lang=self.lang)
@@ -118,7 +119,7 @@ class LocalBackend:
                     ttft = time.perf_counter() - t0
                 new.append(tok)
                 text = self.engine.decode(new)
-                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                if unfinished(text):  # half of a character or a case mark: wait for the rest
                     continue
                 delta, shown = text[len(shown):], text
                 for ev in parser.feed(delta):

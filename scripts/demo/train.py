@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data  # noqa: E402  (scripts/demo/data.py)
-from glm_runtime.tokenizer import GLM4_SPECIAL_TOKENS  # noqa: E402
+from glm_runtime.tokenizer import CASE_MARK, GLM4_SPECIAL_TOKENS  # noqa: E402
 
 CHAT_TEMPLATE_SOURCE = ROOT.parent / "shared" / "glm4" / "tokenizer_config.json"
 EOS = ("<|endoftext|>", "<|user|>", "<|observation|>")
@@ -181,6 +181,28 @@ def known_words(texts: list[str], min_count: int, exclude=data.is_slot_word, cas
     return sorted(w for w, c in counts.items() if c >= min_count and len(w) > 1 and not exclude(w))
 
 
+def mark_case(text: str) -> str:
+    """`text` as a case-marking tokenizer's normalizer writes it: each capital A-Z as `CASE_MARK`
+    and its small letter ("Help" -> "\ue000help")."""
+    import regex
+
+    return regex.sub(r"[A-Z]", lambda m: CASE_MARK + m.group().lower(), text)
+
+
+def _case_normalizer_and_decoder():
+    """The normalizer that writes each capital A-Z as `CASE_MARK` and its small letter, and the
+    decoder that writes it back. Added tokens (the template's prose, the special tokens) are
+    matched before the normalizer runs, so they keep their capitals."""
+    import string
+
+    from tokenizers import decoders, normalizers
+
+    normalizer = normalizers.Sequence([normalizers.Replace(c, CASE_MARK + c.lower()) for c in string.ascii_uppercase])
+    decoder = decoders.Sequence([decoders.ByteLevel()] + [decoders.Replace(CASE_MARK + c.lower(), c)
+                                                          for c in string.ascii_uppercase])
+    return normalizer, decoder
+
+
 def letters_split(words: list[str]) -> str:
     """The `words` split, except that a Latin-script word not in `words` is spelled one letter per
     token, so every word the tokenizer was not built for (a made-up training word, a held-out
@@ -191,7 +213,7 @@ def letters_split(words: list[str]) -> str:
 
 def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Path, kind: str = "bpe",
                     split: str = "glm4", min_word_count: int = 40, whole_words: bool = False,
-                    skip_prose: bool = False):
+                    skip_prose: bool = False, case_mark: bool = False):
     """The demo tokenizer: GLM-4's special tokens (ids 0-13), its chat template, the template's
     constant paragraphs as single tokens, and then either
 
@@ -212,6 +234,10 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     encoded text holds, so their embeddings never trained as inputs: 物 (from the cogview prose's
     人物) is one, and the held-out topic 植物 is spelled with it; 展 and 择, which those weights
     wrote in its place, are two more.
+
+    `case_mark` (with `bpe`): every capital A-Z is written as `CASE_MARK`, a token of its own, and
+    its small letter, so "Help" and "help" share their word tokens, as a Chinese word has no case
+    to split it (`mark_case`). Without it "Help" is spelled `H e l p` while "help" is a token.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -220,16 +246,22 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     added = added_pieces(template)
     if skip_prose:
         texts = [_without(t, added) for t in texts]
+    if case_mark and kind != "bpe":
+        raise ValueError("case_mark needs the bpe tokenizer")
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
         words: list[str] = []
         if split == "letters":
-            words = known_words(texts, min_word_count, case_fold=whole_words)
+            words = known_words([mark_case(t) for t in texts] if case_mark else texts, min_word_count,
+                                case_fold=whole_words)
             pattern = letters_split(words)
         else:
             pattern = SPLITS[split] or GLM4_PATTERN
         tok = Tokenizer(models.BPE())
+        if case_mark:  # the mark stands alone, never merged into a word
+            pattern = f"{CASE_MARK}|{pattern}"
+            tok.normalizer, case_decoder = _case_normalizer_and_decoder()
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
@@ -237,7 +269,7 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(GLM4_SPECIAL_TOKENS),
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tok.train_from_iterator(texts, trainer)
-        tok.decoder = decoders.ByteLevel()
+        tok.decoder = case_decoder if case_mark else decoders.ByteLevel()
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected bytes or bpe")
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GLM4_SPECIAL_TOKENS])
@@ -245,7 +277,8 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     if whole_words and kind == "bpe":
         # Matched only as a whole word (never inside "Whoever" or "get_id"), as the split isolates it.
         pieces = [w for w in words if len(tok.encode(w, add_special_tokens=False).ids) > 1]
-        tok.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in pieces])
+        # With case_mark, matched after the normalizer: "Help" is the mark and the token "help".
+        tok.add_tokens([AddedToken(w, single_word=True, normalized=case_mark) for w in pieces])
     return _save_tokenizer_files(tok, template, out)
 
 
@@ -1033,6 +1066,9 @@ def parse_args(argv=None):
     p.add_argument("--whole-words", action=argparse.BooleanOptionalAction, default=False,
                    help="--split letters: a known word counts its other cases too, and each one is a token of "
                         "its own, not letters or BPE pieces (see build_tokenizer; default: off, as the shipped run)")
+    p.add_argument("--case-mark", action=argparse.BooleanOptionalAction, default=False,
+                   help="--tokenizer bpe: write each capital as a mark token before its small letter, so a word has "
+                        "the same tokens in any case (see build_tokenizer; default: off, as the shipped run)")
     p.add_argument("--fillers", type=float, default=0.3,
                    help="the share of training requests with a filler word or two before their values "
                         "(before a greeting: at the start)")
@@ -1128,7 +1164,7 @@ def main(argv=None) -> str:
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
     tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer,
                           split=args.split, min_word_count=max(2, args.min_word_count * args.samples // 80000),
-                          whole_words=args.whole_words, skip_prose=args.skip_prose)
+                          whole_words=args.whole_words, skip_prose=args.skip_prose, case_mark=args.case_mark)
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
@@ -1206,6 +1242,8 @@ def main(argv=None) -> str:
         meta["skip_prose"] = True
     if args.whole_words:
         meta["whole_words"] = True
+    if args.case_mark:
+        meta["case_mark"] = True
     if args.drop_word:
         meta["drop_word"] = args.drop_word
     if args.choice_circuit:  # weights before it have no such key
