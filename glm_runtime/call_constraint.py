@@ -32,6 +32,11 @@ class TokenTable:
 
     Special tokens and tokens that are not whole characters on their own (a piece of a
     multi-byte character) get no text: a tool name is ASCII, so neither can be part of a header.
+
+    Texts are compared as the tokenizer's normalizer writes them: a tokenizer that writes a capital
+    as a mark token and its small letter (`glm_runtime.tokenizer.CASE_MARK`) spells "getWeather"
+    with the tokens of "get", the mark and "weather", and only in that form does a prefix of the
+    name start with a token's text.
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -46,12 +51,16 @@ class TokenTable:
             if t:
                 self.by_first.setdefault(t[0], []).append(i)
         self.decode = lambda ids: tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        normalizer = getattr(backend, "normalizer", None)
+        self.normalize = normalizer.normalize_str if normalizer is not None else (lambda text: text)
 
     def continuing(self, written: str, targets: Iterable[str]) -> list[int]:
         """The tokens after `written` that keep it on the way to one of `targets` (or finish one
         and go on past its end)."""
         out: set[int] = set()
-        for target in targets:
+        written = self.normalize(written)
+        for target in map(self.normalize, targets):
             if not target.startswith(written) or len(target) == len(written):
                 continue
             rest = target[len(written):]

@@ -223,6 +223,16 @@ def test_held_out_words_names_the_greeting_words_training_never_shows():
     assert zh["在吗"]["inside"] == [] and all(r["inside"] == [] for r in rows.values())
 
 
+def test_bag_baseline_reads_help_as_a_word_only_where_its_case_does_not_split_it():
+    import held_out_words
+
+    words = held_out_words.bag_baseline(held_out_words.bag_features("words"), samples=8000)
+    shipped = held_out_words.bag_baseline(held_out_words.bag_features(str(demo_model_dir())), samples=8000)
+    assert words["wrong"]["在吗"] == ["how_are_you", 5]  # blind how-are-you phrasings hold it
+    assert "Help" not in words["wrong"] and shipped["wrong"]["Help"][1] == 8  # `H e l p`, not "help": 8 of 8
+    assert words["right"] > shipped["right"]
+
+
 def test_no_training_phrasing_holds_a_held_out_phrasing_of_another_reply():
     # hand-written: two capabilities phrasings hold the held-out identity question "What are you?"
     assert data._crossings() == {"What are you able to do?", "What are you good at?"}
@@ -317,6 +327,46 @@ def test_whole_words_makes_every_known_word_one_token_and_counts_other_cases(tmp
     assert pieces("Who helps? Whoever, Help!") == ["Who", " ", "h", "e", "l", "p", "s", "?", " ", "W", "h", "o", "e",
                                                    "v", "e", "r", ",", " ", "Help", "!"]
     assert tok.decode(tok.encode("Who are you? Help, thanks.", add_special_tokens=False)) == "Who are you? Help, thanks."
+
+
+def test_case_mark_gives_a_word_its_tokens_in_any_case_and_the_runtime_writes_capitals_back(tmp_path, capsys):
+    import train
+
+    from agent.cli.model_cmd import _print_delta
+    from glm_runtime.call_constraint import CallHeaderConstraint, TokenTable
+    from glm_runtime.chat_format import render
+    from glm_runtime.tokenizer import CASE_MARK, load_tokenizer, unfinished
+
+    texts = ["Who are you? help me, thanks. Look up the castle"] * 8 + ["Help with the castle, who"] * 2
+    train.build_tokenizer(texts, vocab_size=300, template=train.official_template(), out=tmp_path,
+                          split="letters", min_word_count=8, case_mark=True)
+    tok = load_tokenizer(tmp_path)  # as the runtime loads it
+    mark = tok.convert_tokens_to_ids(tok.tokenize("H")[0])
+    ids = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    assert tok.decode([mark]) == CASE_MARK and len(tok.tokenize("help")) == 1  # "help": 10 texts of 10
+    assert ids("Help") == [mark] + ids("help") and ids("Who") == [mark] + ids("who")
+    assert ids("HELP")[::2] == [mark] * 4  # every capital its own mark
+    assert not any(c.isupper() for i in ids(" ".join(texts)) for c in tok.decode([i]))  # no token holds a capital
+    # a whole conversation, template prose and special tokens included, decodes to what was encoded
+    ex = data.generate("function", 1, seed=3)[0]
+    text = render(ex.messages, ex.tools, tokenizer=tok)
+    assert tok.decode(ids(text)) == text and "Current date" in text
+    # streaming holds a trailing mark back until its letter comes
+    assert unfinished(tok.decode(ids("Look up")[:1] + [mark])) and not unfinished(tok.decode(ids("Look up")))
+    printed = _print_delta(tok.decode(ids("hi ") + [mark]), "")
+    printed = _print_delta(tok.decode(ids("hi ") + [mark] + ids("who")), printed)
+    assert capsys.readouterr().out == "hi Who" == printed
+    # the call header constraint spells a declared name with capitals through the mark
+    table = TokenTable(tok)
+    assert mark in table.continuing("get", ["\n", "getWho\n"])
+    proc = CallHeaderConstraint(table, ["getWho", "python"], tok.convert_tokens_to_ids("<|assistant|>"))
+    seq = [tok.convert_tokens_to_ids("<|assistant|>")]
+    while (written := proc.header(seq)) is not None:
+        allowed = table.continuing(written, proc.targets)
+        on_name = [i for i in allowed
+                   if table.normalize("getWho\n").startswith(table.normalize(table.decode(seq[1:] + [i])))]
+        seq.append(max(on_name, key=lambda i: len(table.decode(seq[1:] + [i]))))
+    assert table.decode(seq[1:]) == "getWho\n"
 
 
 def _token_bytes(token: str) -> bytes:

@@ -11,13 +11,21 @@ kinds' training requests contain ("other"), and those that no training greeting 
 you?"; `train.py --drop-crossing` leaves such phrasings out, and `--drop-crossing` here shows
 training with it). `--blind`: with the phrasings written blind in training too (`train.py --blind`).
 
+`--bag TOKENIZER` asks how far the request's tokens alone carry the reply: a naive Bayes classifier
+over the set of tokens of each plain request in the default training mixture (80,000 conversations,
+as `train.py` builds it), scored on the 200 held-out plain conversations `evaluate.py` runs. It
+knows nothing of word order, so it fails where the tokens point to another reply. `--bag words`
+counts lower-case words (`data._near`) instead of a tokenizer's tokens.
+
     python3 scripts/demo/held_out_words.py
     python3 scripts/demo/held_out_words.py --blind
+    python3 scripts/demo/held_out_words.py --bag glm_runtime/demo
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -56,12 +64,64 @@ def plain_gaps(lang: str) -> list[dict]:
     return rows
 
 
+def bag_baseline(features, *, alpha: float = 0.5, count: int = 200, samples: int = 80000) -> dict:
+    """Naive Bayes over `features(text, lang)` (a set) of the plain requests in the default training
+    mixture, each reply's own; scored on `evaluate.py`'s `count` held-out plain conversations.
+    Returns the share right and, per held-out phrasing the classifier gets wrong, the reply it
+    picks and in how many conversations."""
+    kinds = {lang: {answer: g for g, (_, answer) in enumerate(data._PLAIN[lang])} for lang in ("en", "zh")}
+    with data.blind_pools():
+        mix = data.mixture(samples, seed=0, weights=data.WEIGHTS | {"plain": 2.0}, vary_ends=0.25,
+                           fillers=0.3, vary_case=0.25)
+    counts: dict = {}
+    for ex in mix:
+        if ex.category == "plain":
+            seen = counts.setdefault((ex.lang, kinds[ex.lang][ex.expect["answer"]]), [0, {}])
+            seen[0] += 1
+            for f in features(ex.messages[1].content, ex.lang):
+                seen[1][f] = seen[1].get(f, 0) + 1
+    right, wrong = 0, {}
+    for ex in data.generate("plain", count, seed=1, split="eval"):
+        text, truth = ex.messages[1].content, kinds[ex.lang][ex.expect["answer"]]
+        fs = features(text, ex.lang)
+
+        def score(g: int) -> float:
+            n, seen = counts[(ex.lang, g)]
+            return sum(math.log((seen.get(f, 0) + alpha) / (n + 2 * alpha)) for f in fs)
+
+        best = max(range(len(data._PLAIN[ex.lang])), key=score)
+        if best == truth:
+            right += 1
+        else:
+            wrong.setdefault(text, [data.PLAIN_KINDS[best], 0])[1] += 1
+    return {"right": right / count, "wrong": wrong}
+
+
+def bag_features(source: str):
+    """`--bag`'s features: lower-case words (`words`), or a tokenizer directory's tokens."""
+    if source == "words":
+        return lambda text, lang: set(data._near(text, lang).split()) if lang == "en" else set(data._bare(text))
+    from glm_runtime.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(source)
+    return lambda text, lang: set(tok.encode(text, add_special_tokens=False)) - set(tok.encode(" ", add_special_tokens=False))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="The words of held-out greetings that training never shows.")
     p.add_argument("--blind", action="store_true", help="train with the phrasings written blind too")
     p.add_argument("--drop-crossing", action="store_true",
                    help="leave out training phrasings that hold another reply's held-out phrasing")
+    p.add_argument("--bag", metavar="TOKENIZER",
+                   help="instead: score a bag-of-tokens classifier of the training requests on the held-out ones "
+                        "(a tokenizer directory, or 'words')")
     args = p.parse_args(argv)
+    if args.bag:
+        out = bag_baseline(bag_features(args.bag))
+        print(f"bag of {args.bag}: {out['right']:.1%} of the held-out plain conversations right")
+        for text, (kind, n) in sorted(out["wrong"].items(), key=lambda kv: -kv[1][1]):
+            print(f"  {text!r:24} -> {kind} ({n})")
+        return
     for lang in ("en", "zh"):
         print(f"{lang}: held-out phrasing -> its words that no training request of its kind has")
         with data.crossing_filter(args.drop_crossing), data.blind_pools(args.blind):
