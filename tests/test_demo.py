@@ -223,14 +223,25 @@ def test_held_out_words_names_the_greeting_words_training_never_shows():
     assert zh["在吗"]["inside"] == [] and all(r["inside"] == [] for r in rows.values())
 
 
-def test_bag_baseline_reads_help_as_a_word_only_where_its_case_does_not_split_it():
+def test_bag_baseline_reads_help_as_a_word_only_where_its_case_does_not_split_it(tmp_path):
     import held_out_words
+    import train
 
+    from glm_runtime.chat_format import render
+
+    with data.blind_pools():
+        texts = [render(ex.messages, ex.tools, tokenizer=train._bare_tokenizer(train.official_template()))
+                 for ex in data.mixture(3000, seed=0, weights=data.WEIGHTS | {"plain": 2.0})]
+    for name, case_mark in (("cased", False), ("marked", True)):
+        train.build_tokenizer(texts, vocab_size=2048, template=train.official_template(), out=tmp_path / name,
+                              split="letters", min_word_count=2, skip_prose=True, case_mark=case_mark)
+    bag = {name: held_out_words.bag_baseline(held_out_words.bag_features(str(tmp_path / name)), samples=8000)
+           for name in ("cased", "marked")}
     words = held_out_words.bag_baseline(held_out_words.bag_features("words"), samples=8000)
-    shipped = held_out_words.bag_baseline(held_out_words.bag_features(str(demo_model_dir())), samples=8000)
     assert words["wrong"]["在吗"] == ["how_are_you", 5]  # blind how-are-you phrasings hold it
-    assert "Help" not in words["wrong"] and shipped["wrong"]["Help"][1] == 8  # `H e l p`, not "help": 8 of 8
-    assert words["right"] > shipped["right"]
+    # "Help" is `H e l p` without the mark (8 of 8 wrong), the mark and "help" with it
+    assert bag["cased"]["wrong"]["Help"][1] == 8 and "Help" not in bag["marked"]["wrong"] and "Help" not in words["wrong"]
+    assert bag["marked"]["right"] > bag["cased"]["right"]
 
 
 def test_no_training_phrasing_holds_a_held_out_phrasing_of_another_reply():

@@ -1066,9 +1066,10 @@ def parse_args(argv=None):
     p.add_argument("--whole-words", action=argparse.BooleanOptionalAction, default=False,
                    help="--split letters: a known word counts its other cases too, and each one is a token of "
                         "its own, not letters or BPE pieces (see build_tokenizer; default: off, as the shipped run)")
-    p.add_argument("--case-mark", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--case-mark", action=argparse.BooleanOptionalAction, default=True,
                    help="--tokenizer bpe: write each capital as a mark token before its small letter, so a word has "
-                        "the same tokens in any case (see build_tokenizer; default: off, as the shipped run)")
+                        "the same tokens in any case (see build_tokenizer; default: on, as the shipped run; "
+                        "--no-case-mark: the tokenizer of the previous weights, sha256 e4cf6ea9...)")
     p.add_argument("--fillers", type=float, default=0.3,
                    help="the share of training requests with a filler word or two before their values "
                         "(before a greeting: at the start)")
@@ -1164,7 +1165,8 @@ def main(argv=None) -> str:
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
     tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer,
                           split=args.split, min_word_count=max(2, args.min_word_count * args.samples // 80000),
-                          whole_words=args.whole_words, skip_prose=args.skip_prose, case_mark=args.case_mark)
+                          whole_words=args.whole_words, skip_prose=args.skip_prose,
+                          case_mark=args.case_mark and args.tokenizer == "bpe")
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
@@ -1242,7 +1244,7 @@ def main(argv=None) -> str:
         meta["skip_prose"] = True
     if args.whole_words:
         meta["whole_words"] = True
-    if args.case_mark:
+    if args.case_mark and args.tokenizer == "bpe":
         meta["case_mark"] = True
     if args.drop_word:
         meta["drop_word"] = args.drop_word
