@@ -658,8 +658,9 @@ def bag_circuit(model, tok, *, verbs: list[str], params: list[str], turn: float 
       over a request, a turn 100 tokens back scores about 8 lower), so every position attends to
       the latest user turn's tokens. Its value and output start as GLM's initializer leaves them
       (the output at zero) and train;
-    - the request's script: each token with a Latin letter gets an embedding flag (Lf), each token
-      with a character or byte outside ASCII (a piece of a Chinese character) another (Cf), and
+    - the request's script: each token with a Latin letter or the case mark gets an embedding
+      flag (Lf), each token with another character or byte outside ASCII (a piece of a Chinese
+      character) another (Cf), and
       the head's first two value dimensions carry them into two dimensions (L, C): the share of
       each script among the request's tokens. The trained weights answered one-word English
       greetings ("Help", "Hello") in Chinese.
@@ -688,8 +689,9 @@ def bag_circuit(model, tok, *, verbs: list[str], params: list[str], turn: float 
     user = tok.convert_tokens_to_ids("<|user|>")
     added = set(tok.get_added_vocab().values())
     texts = {i: tok.decode([i]) for i in range(len(tok)) if i not in added}
-    latin = [i for i, t in texts.items() if any("a" <= ch.lower() <= "z" for ch in t)]
-    cjk = [i for i, t in texts.items() if any(ord(ch) > 127 for ch in t)]
+    # a case mark comes before a Latin capital only: it counts as Latin
+    latin = [i for i, t in texts.items() if any("a" <= ch.lower() <= "z" or ch == CASE_MARK for ch in t)]
+    cjk = [i for i, t in texts.items() if any(ord(ch) > 127 and ch != CASE_MARK for ch in t)]
     emb, layers = model.model.embed_tokens.weight, model.model.layers
     a0, a2 = layers[0].self_attn, layers[2].self_attn
     fixed, keep = _fixed_masks()
