@@ -69,10 +69,13 @@ def bag_baseline(features, *, alpha: float = 0.5, count: int = 200, samples: int
     mixture, each reply's own; scored on `evaluate.py`'s `count` held-out plain conversations.
     Returns the share right and, per held-out phrasing the classifier gets wrong, the reply it
     picks and in how many conversations."""
+    import train
+
     kinds = {lang: {answer: g for g, (_, answer) in enumerate(data._PLAIN[lang])} for lang in ("en", "zh")}
-    with data.blind_pools():
-        mix = data.mixture(samples, seed=0, weights=data.WEIGHTS | {"plain": 2.0}, vary_ends=0.25,
-                           fillers=0.3, vary_case=0.25)
+    a = train.parse_args([])  # the mixture of the default command
+    with data.crossing_filter(a.drop_crossing), data.blind_pools(a.blind):
+        mix = data.mixture(samples, seed=a.seed, weights=data.WEIGHTS | {"plain": a.plain_weight},
+                           vary_ends=a.vary_ends, fillers=a.fillers, vary_case=a.vary_case, drop_word=a.drop_word)
     counts: dict = {}
     for ex in mix:
         if ex.category == "plain":
@@ -104,7 +107,8 @@ def bag_features(source: str):
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(source)
-    return lambda text, lang: set(tok.encode(text, add_special_tokens=False)) - set(tok.encode(" ", add_special_tokens=False))
+    space = set(tok.encode(" ", add_special_tokens=False))
+    return lambda text, lang: set(tok.encode(text, add_special_tokens=False)) - space
 
 
 def main(argv=None) -> None:
