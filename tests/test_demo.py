@@ -949,14 +949,15 @@ def _held_out(category: str, n: int = 2) -> list[data.Example]:
     return data.generate(category, n, seed=7, split="eval")  # one English, one Chinese
 
 
-# The shipped weights meet the 90% task-success bar in five categories of six (see MODEL_CARD.md:
-# python 93.0%, browser 93.0%, cogview 100%, function 97.5%, plain 83.0%, error 96.0% of 200
+# The shipped weights meet the 90% task-success bar in all six categories (see MODEL_CARD.md:
+# python 90.0%, browser 91.0%, cogview 100%, function 97.5%, plain 90.5%, error 95.5% of 200
 # held-out conversations each, tool names constrained as glm-agent does by default). The tests below
 # run two held-out conversations per category (one English, one Chinese; for function and plain one
-# test each, for browser and error too), and all pass. The Chinese search ("搜一搜数字卫星") was
-# marked xfail (strict) on the previous weights, which miscopied 数字; these pass it. The plain ones
-# ("Great, thank you!", "拜拜") are among the held-out greetings these weights always get right; those
-# they never or seldom do ("Help", "Goodbye!", "Hello", "在吗", "What are you?") are in the model card.
+# test each, for browser and error too). All pass but the Chinese search ("搜一搜数字卫星"): these
+# weights miscopy the topic 数字 in 9 of its 11 held-out conversations (half of browser's 18 failures),
+# as the weights two before did, so it is marked xfail (strict): it fails until a model copies 数字.
+# The plain ones are "Great, thank you!" (right in 6 of its 9 held-out conversations) and "拜拜"
+# (always right); those these weights never get right ("Help", "在吗") are in the model card.
 
 
 @pytest.mark.slow
@@ -983,7 +984,8 @@ def test_demo_model_computes_with_the_sandboxed_python_tool(harness):
 @pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.browser
-@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("lang", ["en", pytest.param("zh", marks=pytest.mark.xfail(
+    strict=True, reason="these weights miscopy the held-out topic 数字 (搜一搜数字卫星); see MODEL_CARD.md"))])
 def test_demo_model_searches_opens_and_cites(harness, lang):
     ex = next(e for e in _held_out("browser") if e.lang == lang)
     assert harness(ex)["ok"]
