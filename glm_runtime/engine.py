@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from glm_runtime.kv_cache import KVCache
+from glm_runtime.tokenizer import drop_stray_marks, marks_case
 
 if TYPE_CHECKING:
     import torch
@@ -159,6 +160,7 @@ class Engine:
         self._lock = threading.Lock()
         self._epoch = 0
         self._cache_arg = _cache_argument(model)
+        self._marks_case = marks_case(tokenizer)  # the demo model's tokenizer: see glm_runtime.tokenizer.CASE_MARK
 
     # ---- text helpers (the engine itself speaks ids) ----
 
@@ -167,7 +169,8 @@ class Engine:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        return drop_stray_marks(text) if self._marks_case else text
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))

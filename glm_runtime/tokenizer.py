@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["CASE_MARK", "GLM4_PATTERN", "GLM4_SPECIAL_TOKENS", "TokenizerError", "default_cache_dir", "load_tokenizer",
-           "unfinished"]
+__all__ = ["CASE_MARK", "GLM4_PATTERN", "GLM4_SPECIAL_TOKENS", "TokenizerError", "default_cache_dir",
+           "drop_stray_marks", "load_tokenizer", "marks_case", "unfinished"]
 
 # The split pattern of GLM-4's tiktoken encoding (the `cl100k_base` pattern).
 GLM4_PATTERN = (
@@ -53,6 +53,21 @@ def unfinished(text: str) -> bool:
     (decoded as U+FFFD) or a case mark whose letter is still to come. A streaming printer holds
     such text back until the next token."""
     return text.endswith(("\ufffd", CASE_MARK))
+
+
+def marks_case(tokenizer: Any) -> bool:
+    """Whether `tokenizer` writes a capital as `CASE_MARK` and its small letter."""
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    return normalizer is not None and normalizer.normalize_str("A") == CASE_MARK + "a"
+
+
+def drop_stray_marks(text: str) -> str:
+    """Decoded `text` of a case-marking tokenizer without the marks no letter follows: the decoder
+    has turned each mark and its letter into the capital, so a mark left inside the text is one
+    the model wrote before a space or a digit, and means nothing. A mark at the very end stays:
+    its letter may come with the next token (`unfinished`)."""
+    body, end = (text[:-1], CASE_MARK) if text.endswith(CASE_MARK) else (text, "")
+    return body.replace(CASE_MARK, "") + end
 
 
 def default_cache_dir() -> Path:

@@ -161,11 +161,13 @@ def generate(
 
 
 def _print_delta(text: str, printed: str, *, final: bool = False) -> str:
-    from glm_runtime.tokenizer import unfinished
+    from glm_runtime.tokenizer import CASE_MARK, unfinished
 
     # Hold back half a character: the next token may complete a multi-byte character or a case mark.
     if not final and unfinished(text):
         return printed
+    if final:  # a case mark whose letter never came
+        text = text.removesuffix(CASE_MARK)
     if text.startswith(printed):
         sys.stdout.write(text[len(printed):])
         sys.stdout.flush()
