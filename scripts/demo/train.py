@@ -181,14 +181,6 @@ def known_words(texts: list[str], min_count: int, exclude=data.is_slot_word, cas
     return sorted(w for w, c in counts.items() if c >= min_count and len(w) > 1 and not exclude(w))
 
 
-def mark_case(text: str) -> str:
-    """`text` as a case-marking tokenizer's normalizer writes it: each capital A-Z as `CASE_MARK`
-    and its small letter ("Help" -> "\ue000help")."""
-    import regex
-
-    return regex.sub(r"[A-Z]", lambda m: CASE_MARK + m.group().lower(), text)
-
-
 def _case_normalizer_and_decoder():
     """The normalizer that writes each capital A-Z as `CASE_MARK` and its small letter, and the
     decoder that writes it back. Added tokens (the template's prose, the special tokens) are
@@ -237,7 +229,7 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
 
     `case_mark` (with `bpe`): every capital A-Z is written as `CASE_MARK`, a token of its own, and
     its small letter, so "Help" and "help" share their word tokens, as a Chinese word has no case
-    to split it (`mark_case`). Without it "Help" is spelled `H e l p` while "help" is a token.
+    to split it. Without it "Help" is spelled `H e l p` while "help" is a token.
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -251,17 +243,18 @@ def build_tokenizer(texts: list[str], *, vocab_size: int, template: str, out: Pa
     if kind == "bytes":
         tok = _byte_tokenizer()
     elif kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        if case_mark:
+            tok.normalizer, case_decoder = _case_normalizer_and_decoder()
         words: list[str] = []
-        if split == "letters":
-            words = known_words([mark_case(t) for t in texts] if case_mark else texts, min_word_count,
-                                case_fold=whole_words)
+        if split == "letters":  # the known words as the BPE will see them, marks and all
+            seen = [tok.normalizer.normalize_str(t) for t in texts] if case_mark else texts
+            words = known_words(seen, min_word_count, case_fold=whole_words)
             pattern = letters_split(words)
         else:
             pattern = SPLITS[split] or GLM4_PATTERN
-        tok = Tokenizer(models.BPE())
         if case_mark:  # the mark stands alone, never merged into a word
             pattern = f"{CASE_MARK}|{pattern}"
-            tok.normalizer, case_decoder = _case_normalizer_and_decoder()
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
@@ -1165,10 +1158,10 @@ def main(argv=None) -> str:
     from glm_runtime.chat_format import render
 
     texts = [render(ex.messages, ex.tools, tokenizer=bare, add_generation_prompt=False) for ex in examples]
+    case_mark = args.case_mark and args.tokenizer == "bpe"  # the byte tokenizer has no words to mark
     tok = build_tokenizer(texts, vocab_size=args.vocab, template=template, out=args.out, kind=args.tokenizer,
                           split=args.split, min_word_count=max(2, args.min_word_count * args.samples // 80000),
-                          whole_words=args.whole_words, skip_prose=args.skip_prose,
-                          case_mark=args.case_mark and args.tokenizer == "bpe")
+                          whole_words=args.whole_words, skip_prose=args.skip_prose, case_mark=case_mark)
     from glm_runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.out)  # exactly as the runtime loads it
@@ -1246,7 +1239,7 @@ def main(argv=None) -> str:
         meta["skip_prose"] = True
     if args.whole_words:
         meta["whole_words"] = True
-    if args.case_mark and args.tokenizer == "bpe":
+    if case_mark:
         meta["case_mark"] = True
     if args.drop_word:
         meta["drop_word"] = args.drop_word
